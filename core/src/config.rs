@@ -1,0 +1,102 @@
+//! Node configuration: registered sub-protocols, timeouts and every memory limit.
+
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::protocol::Protocol;
+
+/// Largest plaintext a record can carry: a frame body is at most 65535
+/// bytes, of which 16 are the authentication tag.
+pub const MAX_RECORD_PLAINTEXT: usize = 65535 - 16;
+
+/// Configuration of a [`Node`](crate::Node). Every limit has a safe default;
+/// see each field.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The sub-protocols this node speaks, in [`ProtocolId`](crate::ProtocolId) order.
+    pub protocols: Vec<Protocol>,
+    /// Largest message payload accepted from a peer, and advertised to it
+    /// (default 4 MiB, at least 1 MiB is recommended).
+    pub max_message_size: u64,
+    /// Largest record plaintext this node sends (default 16 KiB, at most
+    /// [`MAX_RECORD_PLAINTEXT`]). Smaller records bound how long one large
+    /// message delays others; larger ones cost fewer AEAD calls.
+    pub max_record_size: usize,
+    /// Most bytes `poll_transmit` writes into one buffer (default 256 KiB).
+    pub max_transmit_size: usize,
+    /// Most payload bytes queued for sending to one peer before `send`
+    /// returns [`SendError::QueueFull`](crate::SendError::QueueFull) (default 8 MiB).
+    pub max_queued_per_peer: usize,
+    /// Most payload bytes queued for sending to all peers together (default 256 MiB).
+    pub max_queued_total: usize,
+    /// Most bytes of partly received messages held for one peer (default 8 MiB);
+    /// a peer exceeding it is disconnected with `ResourceLimit`.
+    pub max_reassembly_per_peer: usize,
+    /// Most connections, in any state (default 1024).
+    pub max_connections: usize,
+    /// Most connections still handshaking (default 128); further inbound
+    /// connections are refused by `accept`.
+    pub max_handshaking: usize,
+    /// Most protocol entries accepted in a peer's hello (default 1024).
+    pub max_peer_protocols: usize,
+    /// A connection that has not completed its handshake by then is closed (default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection on which nothing arrives for this long is closed (default 60 s).
+    pub idle_timeout: Duration,
+    /// Interval between keepalive pings (default 15 s).
+    pub keepalive_interval: Duration,
+    /// How long a closing connection may take to flush its `DISCONNECT` (default 2 s).
+    pub close_timeout: Duration,
+    /// A sending key is replaced after this many bytes (default 1 GiB).
+    pub rekey_after_bytes: u64,
+    /// ... or after this long (default 1 hour).
+    pub rekey_after_time: Duration,
+    /// ... or after this many records (default 2^32; the nonce space is 2^64).
+    pub rekey_after_records: u64,
+    /// How long a resumption secret stays valid (default 24 hours).
+    pub resumption_lifetime: Duration,
+    /// Most resumption secrets kept (default 4096); the oldest is evicted first.
+    pub max_resumption_tickets: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            protocols: Vec::new(),
+            max_message_size: 4 << 20,
+            max_record_size: 16 << 10,
+            max_transmit_size: 256 << 10,
+            max_queued_per_peer: 8 << 20,
+            max_queued_total: 256 << 20,
+            max_reassembly_per_peer: 8 << 20,
+            max_connections: 1024,
+            max_handshaking: 128,
+            max_peer_protocols: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(15),
+            close_timeout: Duration::from_secs(2),
+            rekey_after_bytes: 1 << 30,
+            rekey_after_time: Duration::from_secs(3600),
+            rekey_after_records: 1 << 32,
+            resumption_lifetime: Duration::from_secs(24 * 3600),
+            max_resumption_tickets: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// A default configuration speaking `protocols`.
+    pub fn with_protocols(protocols: Vec<Protocol>) -> Self {
+        Config {
+            protocols,
+            ..Config::default()
+        }
+    }
+
+    /// The record size actually used: `max_record_size` clamped to `64..=MAX_RECORD_PLAINTEXT`.
+    pub(crate) fn record_size(&self) -> usize {
+        self.max_record_size.clamp(64, MAX_RECORD_PLAINTEXT)
+    }
+}

@@ -1,0 +1,149 @@
+//! One transport connection: stream framing, then the handshake, then the
+//! session. The [`Node`](crate::Node) owns every connection by value.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::event::{Direction, HandshakePath};
+use crate::handshake::Handshake;
+use crate::identity::NodeId;
+use crate::reason::DisconnectReason;
+use crate::session::Session;
+use crate::time::Instant;
+
+/// Identifies a connection within one node. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// Length of the frame header: a big-endian `u16` body length.
+pub(crate) const FRAME_HEADER: usize = 2;
+
+/// The phase a connection is in.
+pub(crate) enum Phase {
+    /// Handshake frames are exchanged.
+    Handshake(Handshake),
+    /// Records are exchanged.
+    Established {
+        session: Session,
+        path: HandshakePath,
+        /// `PeerConnected` was emitted (negotiation succeeded).
+        announced: bool,
+    },
+}
+
+/// A connection that is closing: it flushes what is queued, then the
+/// runtime is told to close the transport.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Closing {
+    /// Close the transport at this time even if not flushed.
+    pub(crate) deadline: Instant,
+}
+
+/// One connection's state.
+pub(crate) struct Connection {
+    pub(crate) direction: Direction,
+    pub(crate) phase: Phase,
+    /// Bytes of an incomplete frame.
+    pub(crate) partial: Vec<u8>,
+    /// Plain handshake frames (already framed) waiting to be transmitted.
+    pub(crate) plain_out: Vec<u8>,
+    /// A buffer from `poll_transmit` has not been acknowledged by `handle_written`.
+    pub(crate) write_in_flight: bool,
+    pub(crate) closing: Option<Closing>,
+    /// The handshake must complete by then.
+    pub(crate) handshake_deadline: Instant,
+}
+
+impl Connection {
+    /// True while the handshake is in progress.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshake(_))
+    }
+
+    /// The peer, once the handshake has completed.
+    pub(crate) fn peer(&self) -> Option<NodeId> {
+        match &self.phase {
+            Phase::Established { session, .. } => Some(session.peer),
+            Phase::Handshake(_) => None,
+        }
+    }
+
+    /// True if bytes are waiting for `poll_transmit`.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.plain_out.is_empty()
+            || match &self.phase {
+                Phase::Established { session, .. } => session.has_output(),
+                Phase::Handshake(_) => false,
+            }
+    }
+
+    /// Appends a framed handshake body to the plain output.
+    pub(crate) fn push_plain_frame(&mut self, body: &[u8]) {
+        // Handshake frames are far below 64 KiB: a hello is bounded by the
+        // registered protocols, and the node refuses to start with a hello
+        // that does not fit (see `Node::new`).
+        let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+        self.plain_out.extend_from_slice(&len.to_be_bytes());
+        self.plain_out.extend_from_slice(&body[..usize::from(len)]);
+    }
+
+    /// Splits `data` into complete frames, calling `f` on each body, and
+    /// keeps an incomplete trailing frame. Stops at the first error.
+    pub(crate) fn split_frames<E>(
+        partial: &mut Vec<u8>,
+        mut data: &mut [u8],
+        mut f: impl FnMut(&mut [u8]) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        if !partial.is_empty() {
+            if partial.len() < FRAME_HEADER {
+                let take = (FRAME_HEADER - partial.len()).min(data.len());
+                partial.extend_from_slice(&data[..take]);
+                data = &mut data[take..];
+                if partial.len() < FRAME_HEADER {
+                    return Ok(());
+                }
+            }
+            let need = FRAME_HEADER + usize::from(u16::from_be_bytes([partial[0], partial[1]]));
+            let take = (need - partial.len()).min(data.len());
+            partial.extend_from_slice(&data[..take]);
+            data = &mut data[take..];
+            if partial.len() < need {
+                return Ok(());
+            }
+            let mut frame = core::mem::take(partial);
+            let keep_going = f(&mut frame[FRAME_HEADER..])?;
+            frame.clear();
+            *partial = frame;
+            if !keep_going {
+                return Ok(());
+            }
+        }
+        while data.len() >= FRAME_HEADER {
+            let need = FRAME_HEADER + usize::from(u16::from_be_bytes([data[0], data[1]]));
+            if data.len() < need {
+                break;
+            }
+            let (frame, rest) = data.split_at_mut(need);
+            if !f(&mut frame[FRAME_HEADER..])? {
+                return Ok(());
+            }
+            data = rest;
+        }
+        partial.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// How a connection ends, decided by the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseCause {
+    pub(crate) reason: DisconnectReason,
+    /// The peer decided (sent `DISCONNECT`/`REJECT` or closed the transport).
+    pub(crate) remote: bool,
+}

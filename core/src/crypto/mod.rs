@@ -1,0 +1,8 @@
+//! Cryptographic building blocks: the Noise hash functions (BLAKE2s), the
+//! ChaCha20-Poly1305 cipher state and the Noise handshake state machine.
+
+pub(crate) mod cipher;
+pub(crate) mod hash;
+pub(crate) mod noise;
+
+pub use cipher::{CipherState, CryptoError};

@@ -1,0 +1,104 @@
+//! What the core tells the application and the runtime.
+
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::connection::ConnectionId;
+use crate::identity::NodeId;
+use crate::protocol::ProtocolId;
+use crate::reason::DisconnectReason;
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// This node dialled.
+    Outbound,
+    /// The peer dialled.
+    Inbound,
+}
+
+/// The first-packet path a handshake took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HandshakePath {
+    /// Full handshake with an unknown peer (Noise `XX`, 1.5 round trips).
+    Full,
+    /// First message encrypted to the peer's introduced static key (Noise `IK`, 1 round trip).
+    Introduced,
+    /// Resumption keyed by the previous session's secret (Noise `NNpsk0`, 1 round trip).
+    Resumed,
+}
+
+/// A message that was queued but not completely handed to the transport
+/// when its connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsentMessage {
+    /// The protocol it was sent on.
+    pub protocol: ProtocolId,
+    /// Its message type.
+    pub msg_type: u32,
+    /// Its payload.
+    pub payload: Bytes,
+}
+
+/// An event for the application, returned by [`Node::poll_event`](crate::Node::poll_event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A handshake completed; the peer can be sent messages.
+    PeerConnected {
+        /// The peer.
+        peer: NodeId,
+        /// The connection it is reached over.
+        connection: ConnectionId,
+        /// Who dialled.
+        direction: Direction,
+        /// The shared protocols, in channel order.
+        protocols: Vec<ProtocolId>,
+        /// The handshake path that succeeded.
+        path: HandshakePath,
+    },
+    /// A complete message arrived.
+    Message {
+        /// Sender.
+        peer: NodeId,
+        /// Protocol.
+        protocol: ProtocolId,
+        /// Message type within the protocol.
+        msg_type: u32,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// A connected peer went away. `unsent` holds every message that had
+    /// not been completely handed to the transport, in send order.
+    PeerDisconnected {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: DisconnectReason,
+        /// True if the peer sent the reason; false if this node decided.
+        remote: bool,
+        /// Messages handed back to the application.
+        unsent: Vec<UnsentMessage>,
+    },
+    /// A connection closed before its handshake completed.
+    ConnectionFailed {
+        /// The connection.
+        connection: ConnectionId,
+        /// The node that was dialled, if it was named.
+        peer: Option<NodeId>,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A handshake attempt failed and was retried with less prior knowledge;
+    /// the knowledge that failed has been dropped.
+    HandshakeDowngraded {
+        /// The connection.
+        connection: ConnectionId,
+        /// The node that was dialled.
+        peer: NodeId,
+        /// The path that failed.
+        from: HandshakePath,
+        /// The path now tried.
+        to: HandshakePath,
+    },
+}

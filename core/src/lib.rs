@@ -1,0 +1,79 @@
+//! # devp2p-core
+//!
+//! The sans-IO heart of devp2p: secure sessions between nodes identified by
+//! X25519 keys, carrying typed, ordered datagrams for many sub-protocols
+//! over one connection.
+//!
+//! This crate performs **no I/O**: it opens no sockets, reads no clock,
+//! spawns nothing and draws no randomness of its own. Bytes received, timer
+//! expiries and application commands go in; bytes to send, deadlines and
+//! application events come out. Time is an [`Instant`] the caller passes;
+//! randomness comes from a caller-provided [`rand_core::CryptoRngCore`].
+//! The same state machine is driven by the tokio and smol runtimes, by the
+//! deterministic simulator, and by the fuzzers. It is `#![no_std]` and needs
+//! only `alloc`.
+//!
+//! ## Main types
+//!
+//! * [`Node`]: the endpoint; owns every connection. Its documentation is
+//!   the contract for driving it, with the canonical run loop.
+//! * [`Config`]: sub-protocols and every limit, with safe defaults.
+//! * [`Keypair`], [`NodeId`]: identity.
+//! * [`Event`]: what the application learns.
+//!
+//! ## Module map
+//!
+//! | module | concept |
+//! |---|---|
+//! | `crypto` | BLAKE2s/HKDF, ChaCha20-Poly1305 cipher state, Noise handshakes |
+//! | `handshake` | first-packet paths (full, introduced, resumption) and retries |
+//! | `protocol` | sub-protocol registration, hello payload, negotiation |
+//! | `chunk`, `control`, `varint` | wire codecs |
+//! | `session` | records, chunking, reassembly, keepalive, rekey |
+//! | `connection` | framing and phases of one transport |
+//! | `knowledge` | resumption tickets |
+//! | `node` | the endpoint |
+//!
+//! The wire format is specified byte for byte in `SPEC.md`.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+extern crate alloc;
+
+mod chunk;
+mod config;
+mod connection;
+mod control;
+mod crypto;
+mod error;
+mod event;
+mod handshake;
+mod identity;
+mod knowledge;
+mod node;
+mod protocol;
+mod reason;
+mod rng;
+mod session;
+mod time;
+pub mod varint;
+
+#[cfg(test)]
+mod tests;
+
+pub use bytes;
+pub use config::{Config, MAX_RECORD_PLAINTEXT};
+pub use connection::ConnectionId;
+pub use crypto::{CipherState, CryptoError};
+pub use error::{ConnectError, SendError};
+pub use event::{Direction, Event, HandshakePath, UnsentMessage};
+pub use handshake::HandshakeError;
+pub use identity::{Keypair, NodeId};
+pub use knowledge::{Ticket, TICKET_ID_LEN};
+pub use node::{ConfigError, Node};
+pub use protocol::{HelloError, Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
+pub use rand_core;
+pub use reason::DisconnectReason;
+pub use rng::SeededRng;
+pub use time::Instant;

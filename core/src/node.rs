@@ -1,0 +1,818 @@
+//! The node: the endpoint that owns every connection, the identity and the
+//! stored knowledge, and turns inputs into transmits, events and deadlines.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Bound;
+use core::time::Duration;
+
+use bytes::Bytes;
+use rand_core::CryptoRngCore;
+
+use crate::config::Config;
+use crate::connection::{CloseCause, Closing, Connection, ConnectionId, Phase};
+use crate::control::Control;
+use crate::error::{ConnectError, SendError};
+use crate::event::{Direction, Event};
+use crate::handshake::{kind as hs_kind, Completed, Handshake, HandshakeCtx, HandshakeError};
+use crate::identity::{Keypair, NodeId};
+use crate::knowledge::{Ticket, TicketStore};
+use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
+use crate::reason::DisconnectReason;
+use crate::session::{RecordOutcome, Session};
+use crate::time::Instant;
+
+/// A configuration the node cannot run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A protocol name is empty or longer than 64 bytes.
+    BadProtocolName,
+    /// The hello listing every protocol does not fit in one handshake frame,
+    /// or more than 65535 protocols are registered.
+    TooManyProtocols,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigError::BadProtocolName => "protocol names must be 1 to 64 bytes",
+            ConfigError::TooManyProtocols => "the registered protocols do not fit in a handshake",
+        })
+    }
+}
+
+/// Room the handshake needs besides the hello: kind byte, ticket id, two
+/// keys and two tags.
+const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
+
+/// A devp2p node as a pure state machine.
+///
+/// The node never performs I/O and never reads a clock. The runtime that
+/// drives it owns the transports and timers and talks to it through four
+/// families of methods:
+///
+/// * **inputs** (`handle_*`): [`handle_input`](Self::handle_input) for bytes
+///   received on a connection, [`handle_written`](Self::handle_written) when
+///   a buffer from `poll_transmit` has been written,
+///   [`handle_close`](Self::handle_close) when a transport ended, and
+///   [`handle_timeout`](Self::handle_timeout) when the deadline from
+///   `poll_timeout` is reached;
+/// * **commands**: [`connect`](Self::connect) and [`accept`](Self::accept)
+///   for new transports, [`send`](Self::send),
+///   [`disconnect`](Self::disconnect), [`shutdown`](Self::shutdown);
+/// * **outputs** (`poll_*`), each drained until it returns `None`:
+///   [`poll_transmit`](Self::poll_transmit) (bytes to write),
+///   [`poll_close`](Self::poll_close) (transports to close),
+///   [`poll_event`](Self::poll_event) (application events) and finally
+///   [`poll_timeout`](Self::poll_timeout) (when to call `handle_timeout`);
+/// * **getters** such as [`node_id`](Self::node_id) and [`peers`](Self::peers).
+///
+/// After any input or command, drain the outputs in that order. Every
+/// method that depends on time takes `now`, which must never decrease.
+///
+/// # Run loop
+///
+/// ```no_run
+/// # use devp2p_core::{Node, Config, Keypair, Instant, SeededRng};
+/// # fn write(_: devp2p_core::ConnectionId, _: &[u8]) {}
+/// # fn close(_: devp2p_core::ConnectionId) {}
+/// # let mut rng = SeededRng::from_u64(1);
+/// # let key = Keypair::generate(&mut rng);
+/// let mut node = Node::new(Config::default(), key, Box::new(rng), Instant::ZERO).unwrap();
+/// let now = Instant::ZERO;
+/// loop {
+///     // ... feed inputs: node.handle_input(conn, &mut bytes, now), etc.
+///     let mut buf = Vec::new();
+///     while let Some(conn) = node.poll_transmit(now, &mut buf) {
+///         write(conn, &buf); // then, once written:
+///         node.handle_written(conn, now);
+///         buf.clear();
+///     }
+///     while let Some(conn) = node.poll_close() { close(conn); }
+///     while let Some(event) = node.poll_event() { println!("{event:?}"); }
+///     let _deadline = node.poll_timeout();
+///     # break;
+/// }
+/// ```
+pub struct Node {
+    config: Config,
+    keypair: Keypair,
+    rng: Box<dyn CryptoRngCore + Send>,
+    /// The encoded local hello.
+    hello: Vec<u8>,
+    tickets: TicketStore,
+    connections: BTreeMap<ConnectionId, Connection>,
+    next_connection: u64,
+    peers: BTreeMap<NodeId, ConnectionId>,
+    events: VecDeque<Event>,
+    closed: VecDeque<ConnectionId>,
+    /// Payload bytes queued to all peers.
+    queued_total: usize,
+    /// The connection `poll_transmit` served last (round robin).
+    transmit_cursor: ConnectionId,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.node_id())
+            .field("connections", &self.connections.len())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with identity `keypair`, drawing randomness from `rng`.
+    pub fn new(
+        config: Config,
+        keypair: Keypair,
+        rng: Box<dyn CryptoRngCore + Send>,
+        _now: Instant,
+    ) -> Result<Self, ConfigError> {
+        if config
+            .protocols
+            .iter()
+            .any(|p| p.name.is_empty() || p.name.len() > MAX_PROTOCOL_NAME)
+        {
+            return Err(ConfigError::BadProtocolName);
+        }
+        if config.protocols.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyProtocols);
+        }
+        let mut hello = Vec::new();
+        Hello::local(&config.protocols, config.max_message_size).encode(&mut hello);
+        if hello.len() + HANDSHAKE_OVERHEAD > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyProtocols);
+        }
+        Ok(Node {
+            config,
+            keypair,
+            rng,
+            hello,
+            tickets: TicketStore::default(),
+            connections: BTreeMap::new(),
+            next_connection: 0,
+            peers: BTreeMap::new(),
+            events: VecDeque::new(),
+            closed: VecDeque::new(),
+            queued_total: 0,
+            transmit_cursor: ConnectionId(0),
+        })
+    }
+
+    // ----- getters -----
+
+    /// This node's ID.
+    pub fn node_id(&self) -> NodeId {
+        self.keypair.node_id()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Connected peers (handshake done and announced).
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// True if `peer` is connected.
+    pub fn is_connected(&self, peer: &NodeId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// The last round-trip time measured by keepalive pings to `peer`.
+    pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
+        match &self.connections.get(self.peers.get(peer)?)?.phase {
+            Phase::Established { session, .. } => session.rtt(),
+            Phase::Handshake(_) => None,
+        }
+    }
+
+    /// Payload bytes queued for `peer` and not yet written.
+    pub fn queued_bytes(&self, peer: &NodeId) -> usize {
+        self.peers
+            .get(peer)
+            .and_then(|c| self.connections.get(c))
+            .map_or(0, |c| match &c.phase {
+                Phase::Established { session, .. } => session.queued_bytes,
+                Phase::Handshake(_) => 0,
+            })
+    }
+
+    /// Number of open connections, in any phase.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Number of connections still handshaking.
+    pub fn handshaking_count(&self) -> usize {
+        self.connections
+            .values()
+            .filter(|c| c.is_handshaking())
+            .count()
+    }
+
+    /// An upper bound of the bytes the node holds for connections: partial
+    /// frames, pending handshake output, queued payload and reassembly.
+    pub fn buffered_bytes(&self) -> usize {
+        self.connections
+            .values()
+            .map(|c| {
+                c.partial.capacity()
+                    + c.plain_out.capacity()
+                    + match &c.phase {
+                        Phase::Established { session, .. } => {
+                            session.queued_bytes + session.reassembly_bytes()
+                        }
+                        Phase::Handshake(_) => 0,
+                    }
+            })
+            .sum()
+    }
+
+    /// The resumption tickets held, for persisting them across restarts.
+    pub fn export_tickets(&self) -> Vec<(NodeId, Ticket)> {
+        self.tickets.export()
+    }
+
+    /// Restores tickets saved with [`export_tickets`](Self::export_tickets).
+    /// Tickets are single-use: the ones exported must not be used elsewhere.
+    pub fn import_tickets(&mut self, tickets: impl IntoIterator<Item = (NodeId, Ticket)>) {
+        for (p, t) in tickets {
+            self.tickets
+                .insert(p, t, self.config.max_resumption_tickets);
+        }
+    }
+
+    /// True if a resumption ticket for `peer` is held.
+    pub fn has_ticket(&self, peer: &NodeId) -> bool {
+        self.tickets.export().iter().any(|(p, _)| p == peer)
+    }
+
+    /// Forgets the resumption ticket for `peer`.
+    pub fn forget_ticket(&mut self, peer: &NodeId) {
+        self.tickets.remove_peer(peer);
+    }
+
+    // ----- commands -----
+
+    fn new_connection(
+        &mut self,
+        direction: Direction,
+        now: Instant,
+    ) -> Result<ConnectionId, ConnectError> {
+        if self.connections.len() >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections);
+        }
+        if self.handshaking_count() >= self.config.max_handshaking {
+            return Err(ConnectError::TooManyHandshakes);
+        }
+        let id = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        self.connections.insert(
+            id,
+            Connection {
+                direction,
+                phase: Phase::Handshake(Handshake::respond()),
+                partial: Vec::new(),
+                plain_out: Vec::new(),
+                write_in_flight: false,
+                closing: None,
+                handshake_deadline: now + self.config.handshake_timeout,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Registers an outbound transport that the runtime has just opened.
+    /// With `target`, the handshake uses the best prior knowledge held for
+    /// that node: a resumption ticket, else its key (introduced path);
+    /// without, the full handshake. The first handshake frame is ready in
+    /// `poll_transmit` on return.
+    pub fn connect(
+        &mut self,
+        target: Option<NodeId>,
+        now: Instant,
+    ) -> Result<ConnectionId, ConnectError> {
+        if target == Some(self.node_id()) {
+            return Err(ConnectError::SelfConnect);
+        }
+        let id = self.new_connection(Direction::Outbound, now)?;
+        let mut first = Vec::new();
+        let mut ctx = HandshakeCtx {
+            keypair: &self.keypair,
+            tickets: &mut self.tickets,
+            rng: &mut *self.rng,
+            hello: &self.hello,
+            events: &mut self.events,
+            connection: id,
+            now,
+        };
+        let hs = Handshake::initiate(target, &mut ctx, &mut first);
+        // Only an internal inconsistency makes initiating fail; treat it as a failed connection.
+        let conn = self.connections.get_mut(&id).expect("inserted above");
+        match hs {
+            Ok(hs) => {
+                conn.phase = Phase::Handshake(hs);
+                conn.push_plain_frame(&first);
+            }
+            Err(e) => self.close(
+                id,
+                CloseCause {
+                    reason: e.reason(),
+                    remote: false,
+                },
+                now,
+            ),
+        }
+        Ok(id)
+    }
+
+    /// Registers an inbound transport the runtime has just accepted.
+    /// Refused (the runtime should drop the transport) when the node is at
+    /// its connection or handshake limit.
+    pub fn accept(&mut self, now: Instant) -> Result<ConnectionId, ConnectError> {
+        self.new_connection(Direction::Inbound, now)
+    }
+
+    /// Queues a message for `peer`. The payload is shared, not copied, until
+    /// it is sealed into records.
+    pub fn send(
+        &mut self,
+        peer: &NodeId,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        let id = *self.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let conn = self
+            .connections
+            .get_mut(&id)
+            .ok_or(SendError::NotConnected)?;
+        let Phase::Established { session, .. } = &mut conn.phase else {
+            return Err(SendError::NotConnected);
+        };
+        if conn.closing.is_some() {
+            return Err(SendError::NotConnected);
+        }
+        let len = payload.len();
+        if session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer
+        {
+            return Err(SendError::QueueFull);
+        }
+        if self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total {
+            return Err(SendError::QueueFull);
+        }
+        session.queue_message(protocol, msg_type, payload)?;
+        self.queued_total += len;
+        Ok(())
+    }
+
+    /// Disconnects `peer` with `reason`; its unsent messages come back in
+    /// `PeerDisconnected`. Does nothing if the peer is not connected.
+    pub fn disconnect(&mut self, peer: &NodeId, reason: DisconnectReason, now: Instant) {
+        if let Some(&id) = self.peers.get(peer) {
+            self.close(
+                id,
+                CloseCause {
+                    reason,
+                    remote: false,
+                },
+                now,
+            );
+        }
+    }
+
+    /// Closes one connection, in any phase, with `reason`.
+    pub fn close_connection(&mut self, id: ConnectionId, reason: DisconnectReason, now: Instant) {
+        self.close(
+            id,
+            CloseCause {
+                reason,
+                remote: false,
+            },
+            now,
+        );
+    }
+
+    /// Disconnects every connection with [`DisconnectReason::Shutdown`].
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
+        for id in ids {
+            self.close(
+                id,
+                CloseCause {
+                    reason: DisconnectReason::Shutdown,
+                    remote: false,
+                },
+                now,
+            );
+        }
+    }
+
+    // ----- inputs -----
+
+    /// Handles bytes received on connection `id`. The bytes are decrypted
+    /// in place, so the caller's buffer is clobbered. Unknown connections
+    /// are ignored.
+    pub fn handle_input(&mut self, id: ConnectionId, data: &mut [u8], now: Instant) {
+        let Some(mut conn) = self.connections.remove(&id) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            self.connections.insert(id, conn);
+            return;
+        }
+        let mut partial = core::mem::take(&mut conn.partial);
+        let result = Connection::split_frames(&mut partial, data, |frame| {
+            self.on_frame(id, &mut conn, frame, now)
+        });
+        conn.partial = partial;
+        self.connections.insert(id, conn);
+        if let Err(cause) = result {
+            self.close(id, cause, now);
+        }
+    }
+
+    /// Handles one frame body. `Ok(true)`: keep reading.
+    fn on_frame(
+        &mut self,
+        id: ConnectionId,
+        conn: &mut Connection,
+        frame: &mut [u8],
+        now: Instant,
+    ) -> Result<bool, CloseCause> {
+        if frame.is_empty() {
+            return Err(CloseCause {
+                reason: DisconnectReason::ProtocolViolation,
+                remote: false,
+            });
+        }
+        match &mut conn.phase {
+            Phase::Handshake(hs) => {
+                let mut out = Vec::new();
+                let mut ctx = HandshakeCtx {
+                    keypair: &self.keypair,
+                    tickets: &mut self.tickets,
+                    rng: &mut *self.rng,
+                    hello: &self.hello,
+                    events: &mut self.events,
+                    connection: id,
+                    now,
+                };
+                let target = hs.target();
+                let result = hs.handle_frame(frame, &mut ctx, &mut out);
+                for f in &out {
+                    conn.push_plain_frame(f);
+                }
+                match result {
+                    Ok(None) => Ok(true),
+                    Ok(Some(done)) => {
+                        self.establish(id, conn, done, target, now)?;
+                        Ok(true)
+                    }
+                    Err(e) => Err(CloseCause {
+                        reason: e.reason(),
+                        remote: matches!(e, HandshakeError::Rejected(_)),
+                    }),
+                }
+            }
+            Phase::Established { session, .. } => {
+                match session.read_record(frame, &self.config, now, &mut self.events) {
+                    Ok(RecordOutcome::Continue) => Ok(true),
+                    Ok(RecordOutcome::RemoteDisconnect(reason)) => Err(CloseCause {
+                        reason,
+                        remote: true,
+                    }),
+                    Err(reason) => Err(CloseCause {
+                        reason,
+                        remote: false,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Turns a completed handshake into a session: stores the next
+    /// resumption ticket, negotiates protocols, resolves duplicate
+    /// connections and announces the peer.
+    fn establish(
+        &mut self,
+        id: ConnectionId,
+        conn: &mut Connection,
+        done: Completed,
+        target: Option<NodeId>,
+        now: Instant,
+    ) -> Result<(), CloseCause> {
+        let Completed {
+            peer,
+            path,
+            keys,
+            remote_hello,
+        } = done;
+        let fail = |reason| CloseCause {
+            reason,
+            remote: false,
+        };
+        let ticket = Ticket::derive(&keys.resumption_seed, now + self.config.resumption_lifetime);
+        self.tickets
+            .insert(peer, ticket, self.config.max_resumption_tickets);
+        let hello = Hello::decode(&remote_hello, self.config.max_peer_protocols);
+        let peer_max = hello
+            .as_ref()
+            .ok()
+            .and_then(|h| h.max_message_size)
+            .unwrap_or(self.config.max_message_size);
+        let shared = hello
+            .as_ref()
+            .map(|h| protocol::negotiate(&self.config.protocols, h))
+            .unwrap_or_default();
+        let session = Session::new(
+            keys.send,
+            keys.recv,
+            peer,
+            shared,
+            self.config.protocols.len(),
+            peer_max,
+            &self.config,
+            now,
+        );
+        let _ = target;
+        conn.phase = Phase::Established {
+            session,
+            path,
+            announced: false,
+        };
+        let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;
+        if hello.wire_version != WIRE_VERSION {
+            return Err(fail(DisconnectReason::IncompatibleVersion));
+        }
+        let Phase::Established {
+            session, announced, ..
+        } = &mut conn.phase
+        else {
+            unreachable!("set just above")
+        };
+        let protocols = session.protocols();
+        if protocols.is_empty() {
+            return Err(fail(DisconnectReason::NoSharedProtocols));
+        }
+        if peer == self.node_id() {
+            return Err(fail(DisconnectReason::DuplicateConnection));
+        }
+        if let Some(&other) = self.peers.get(&peer) {
+            let me = self.node_id();
+            let initiator = |d: Direction| if d == Direction::Outbound { me } else { peer };
+            let other_dir = self
+                .connections
+                .get(&other)
+                .map_or(Direction::Inbound, |c| c.direction);
+            if initiator(conn.direction) < initiator(other_dir) {
+                self.close(other, fail(DisconnectReason::DuplicateConnection), now);
+            } else {
+                return Err(fail(DisconnectReason::DuplicateConnection));
+            }
+        }
+        *announced = true;
+        self.peers.insert(peer, id);
+        self.events.push_back(Event::PeerConnected {
+            peer,
+            connection: id,
+            direction: conn.direction,
+            protocols,
+            path,
+        });
+        Ok(())
+    }
+
+    /// The transport of `id` was closed or reset by the other side or failed.
+    pub fn handle_close(&mut self, id: ConnectionId, now: Instant) {
+        self.close(
+            id,
+            CloseCause {
+                reason: DisconnectReason::TransportClosed,
+                remote: true,
+            },
+            now,
+        );
+    }
+
+    /// The buffer last returned by `poll_transmit` for `id` has been written;
+    /// the connection may be polled again.
+    pub fn handle_written(&mut self, id: ConnectionId, _now: Instant) {
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.write_in_flight = false;
+        }
+        self.maybe_finish_close(id);
+    }
+
+    /// Handles timer expiry: handshake and idle timeouts, keepalive pings,
+    /// rekeying, and closing connections that did not flush in time. A call
+    /// before any deadline does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut to_close = Vec::new();
+        let mut to_finish = Vec::new();
+        for (&id, c) in self.connections.iter_mut() {
+            if let Some(cl) = c.closing {
+                if now >= cl.deadline {
+                    to_finish.push(id);
+                }
+                continue;
+            }
+            match &mut c.phase {
+                Phase::Handshake(_) => {
+                    if now >= c.handshake_deadline {
+                        to_close.push((id, DisconnectReason::HandshakeTimeout));
+                    }
+                }
+                Phase::Established { session, .. } => {
+                    if let Err(reason) = session.handle_timeout(&self.config, now) {
+                        to_close.push((id, reason));
+                    }
+                }
+            }
+        }
+        for id in to_finish {
+            self.finish_close(id);
+        }
+        for (id, reason) in to_close {
+            self.close(
+                id,
+                CloseCause {
+                    reason,
+                    remote: false,
+                },
+                now,
+            );
+        }
+    }
+
+    // ----- closing -----
+
+    fn close(&mut self, id: ConnectionId, cause: CloseCause, now: Instant) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            if cause.remote {
+                self.finish_close(id);
+            }
+            return;
+        }
+        match &mut conn.phase {
+            Phase::Established {
+                session,
+                announced: true,
+                ..
+            } => {
+                let (unsent, accounted) = session.take_unsent();
+                self.queued_total -= accounted;
+                let peer = session.peer;
+                if self.peers.get(&peer) == Some(&id) {
+                    self.peers.remove(&peer);
+                }
+                self.events.push_back(Event::PeerDisconnected {
+                    peer,
+                    reason: cause.reason,
+                    remote: cause.remote,
+                    unsent,
+                });
+            }
+            Phase::Established {
+                session,
+                announced: false,
+                ..
+            } => {
+                let peer = Some(session.peer);
+                self.events.push_back(Event::ConnectionFailed {
+                    connection: id,
+                    peer,
+                    reason: cause.reason,
+                });
+            }
+            Phase::Handshake(hs) => {
+                let peer = hs.target();
+                self.events.push_back(Event::ConnectionFailed {
+                    connection: id,
+                    peer,
+                    reason: cause.reason,
+                });
+            }
+        }
+        if cause.remote {
+            self.finish_close(id);
+            return;
+        }
+        // Tell the peer why, then close once that is flushed.
+        let code = cause.reason.code();
+        match &mut conn.phase {
+            Phase::Established { session, .. } => {
+                session.clear_control_except_disconnect();
+                session.queue_control(Control::Disconnect(cause.reason));
+            }
+            Phase::Handshake(_) => {
+                conn.plain_out.clear();
+                conn.push_plain_frame(&[hs_kind::REJECT, code]);
+            }
+        }
+        conn.closing = Some(Closing {
+            deadline: now + self.config.close_timeout,
+        });
+        self.maybe_finish_close(id);
+    }
+
+    fn maybe_finish_close(&mut self, id: ConnectionId) {
+        if let Some(c) = self.connections.get(&id) {
+            if c.closing.is_some() && !c.write_in_flight && !c.has_output() {
+                self.finish_close(id);
+            }
+        }
+    }
+
+    fn finish_close(&mut self, id: ConnectionId) {
+        if let Some(mut c) = self.connections.remove(&id) {
+            if let Phase::Established { session, .. } = &mut c.phase {
+                // A connection closed by the remote while still queued.
+                let (_, accounted) = session.take_unsent();
+                self.queued_total -= accounted;
+            }
+            self.closed.push_back(id);
+        }
+    }
+
+    // ----- outputs -----
+
+    /// Writes the next connection's pending bytes into `buf` (appending up
+    /// to about `max_transmit_size` bytes) and returns which connection they
+    /// are for. The connection is not polled again until
+    /// [`handle_written`](Self::handle_written) is called for it, which is
+    /// how a peer that does not read exerts backpressure. Connections are
+    /// served round robin.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<ConnectionId> {
+        let cursor = self.transmit_cursor;
+        let id = self
+            .connections
+            .range((Bound::Excluded(cursor), Bound::Unbounded))
+            .chain(self.connections.range(..=cursor))
+            .find(|(_, c)| !c.write_in_flight && c.has_output())
+            .map(|(id, _)| *id)?;
+        let conn = self.connections.get_mut(&id)?;
+        buf.extend_from_slice(&conn.plain_out);
+        conn.plain_out.clear();
+        let mut failed = false;
+        if let Phase::Established { session, .. } = &mut conn.phase {
+            match session.write_records(buf, self.config.max_transmit_size, &self.config, now) {
+                Ok(n) => self.queued_total -= n,
+                // Only nonce exhaustion, which rekeying prevents.
+                Err(_) => failed = true,
+            }
+        }
+        conn.write_in_flight = true;
+        self.transmit_cursor = id;
+        if failed {
+            self.close(
+                id,
+                CloseCause {
+                    reason: DisconnectReason::ProtocolViolation,
+                    remote: true,
+                },
+                now,
+            );
+        }
+        Some(id)
+    }
+
+    /// The next transport the runtime must close. Everything returned by
+    /// `poll_transmit` for it has been acknowledged with `handle_written`.
+    /// Every connection ends with exactly one `poll_close`.
+    #[must_use]
+    pub fn poll_close(&mut self) -> Option<ConnectionId> {
+        self.closed.pop_front()
+    }
+
+    /// The next application event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called, or `None` if no timer runs.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.connections
+            .values()
+            .map(|c| match (&c.closing, &c.phase) {
+                (Some(cl), _) => cl.deadline,
+                (None, Phase::Handshake(_)) => c.handshake_deadline,
+                (None, Phase::Established { session, .. }) => session.poll_timeout(&self.config),
+            })
+            .min()
+    }
+}

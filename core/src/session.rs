@@ -1,0 +1,490 @@
+//! An established session: records, chunking, reassembly, the control
+//! channel (keepalive, rekey, disconnect) and the send queue.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use bytes::Bytes;
+
+use crate::chunk::{self, Chunk, MessageStart};
+use crate::config::Config;
+use crate::control::{Control, MAX_CONTROL_PAYLOAD};
+use crate::crypto::cipher::TAG_LEN;
+use crate::crypto::{CipherState, CryptoError};
+use crate::event::{Event, UnsentMessage};
+use crate::identity::NodeId;
+use crate::protocol::{ProtocolId, SharedProtocol};
+use crate::reason::DisconnectReason;
+use crate::time::Instant;
+use crate::varint::Reader;
+
+/// A message waiting to be written into records.
+struct Outgoing {
+    channel: u32,
+    protocol: ProtocolId,
+    msg_type: u32,
+    payload: Bytes,
+    /// Bytes of `payload` already written.
+    offset: usize,
+}
+
+/// A message being reassembled from chunks.
+struct Partial {
+    msg_type: u32,
+    total: usize,
+    buf: Vec<u8>,
+}
+
+/// What reading a record asks of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordOutcome {
+    /// Keep going.
+    Continue,
+    /// The peer sent `DISCONNECT` with this reason.
+    RemoteDisconnect(DisconnectReason),
+}
+
+/// Send-side rekey bookkeeping.
+struct RekeyState {
+    bytes: u64,
+    records: u64,
+    due: Instant,
+    /// A `REKEY` control message is queued and not yet sealed.
+    queued: bool,
+}
+
+/// The transport phase of a connection.
+pub(crate) struct Session {
+    send: CipherState,
+    recv: CipherState,
+    pub(crate) peer: NodeId,
+    /// Shared protocols; channel `c` is at index `c - 1`.
+    channels: Vec<SharedProtocol>,
+    /// Channel of each local protocol (0: not shared).
+    channel_of: Vec<u32>,
+    /// Largest message the peer accepts.
+    peer_max_message: u64,
+    queue: VecDeque<Outgoing>,
+    /// Payload bytes in `queue` not yet written.
+    pub(crate) queued_bytes: usize,
+    control: VecDeque<Control>,
+    /// In-progress messages, indexed by channel - 1.
+    reassembly: Vec<Option<Partial>>,
+    /// Bytes reserved by `reassembly`.
+    reassembly_bytes: usize,
+    next_ping: Instant,
+    ping_outstanding: Option<(u64, Instant)>,
+    ping_counter: u64,
+    rtt: Option<Duration>,
+    last_recv: Instant,
+    rekey: RekeyState,
+}
+
+impl Session {
+    /// A session after a successful handshake and negotiation.
+    pub(crate) fn new(
+        send: CipherState,
+        recv: CipherState,
+        peer: NodeId,
+        channels: Vec<SharedProtocol>,
+        local_protocols: usize,
+        peer_max_message: u64,
+        config: &Config,
+        now: Instant,
+    ) -> Self {
+        let mut channel_of = alloc::vec![0u32; local_protocols];
+        for c in &channels {
+            channel_of[c.id.0 as usize] = c.channel;
+        }
+        let n = channels.len();
+        let mut reassembly = Vec::with_capacity(n);
+        reassembly.resize_with(n, || None);
+        Session {
+            send,
+            recv,
+            peer,
+            channels,
+            channel_of,
+            peer_max_message,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            control: VecDeque::new(),
+            reassembly,
+            reassembly_bytes: 0,
+            next_ping: now + config.keepalive_interval,
+            ping_outstanding: None,
+            ping_counter: 0,
+            rtt: None,
+            last_recv: now,
+            rekey: RekeyState {
+                bytes: 0,
+                records: 0,
+                due: now + config.rekey_after_time,
+                queued: false,
+            },
+        }
+    }
+
+    /// The shared protocols in channel order.
+    pub(crate) fn protocols(&self) -> Vec<ProtocolId> {
+        self.channels.iter().map(|c| c.id).collect()
+    }
+
+    /// The last measured round-trip time.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Checks and queues an application message.
+    pub(crate) fn queue_message(
+        &mut self,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+    ) -> Result<(), crate::SendError> {
+        let channel = self
+            .channel_of
+            .get(protocol.0 as usize)
+            .copied()
+            .unwrap_or(0);
+        if channel == 0 {
+            return Err(crate::SendError::ProtocolNotShared);
+        }
+        if msg_type >= self.channels[channel as usize - 1].message_count {
+            return Err(crate::SendError::UnknownMessageType);
+        }
+        if payload.len() as u64 > self.peer_max_message {
+            return Err(crate::SendError::MessageTooLarge);
+        }
+        self.queued_bytes += payload.len();
+        self.queue.push_back(Outgoing {
+            channel,
+            protocol,
+            msg_type,
+            payload,
+            offset: 0,
+        });
+        Ok(())
+    }
+
+    /// Queues a control message ahead of application data.
+    pub(crate) fn queue_control(&mut self, c: Control) {
+        self.control.push_back(c);
+    }
+
+    /// True if records are waiting to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.control.is_empty() || !self.queue.is_empty()
+    }
+
+    /// Removes every queued application message (for closing), partly
+    /// written ones included. Returns them and the not-yet-written bytes
+    /// they still accounted for.
+    pub(crate) fn take_unsent(&mut self) -> (Vec<UnsentMessage>, usize) {
+        let accounted = core::mem::take(&mut self.queued_bytes);
+        let unsent = self
+            .queue
+            .drain(..)
+            .map(|m| UnsentMessage {
+                protocol: m.protocol,
+                msg_type: m.msg_type,
+                payload: m.payload,
+            })
+            .collect();
+        (unsent, accounted)
+    }
+
+    /// Drops application data, keeping only queued control messages.
+    pub(crate) fn clear_control_except_disconnect(&mut self) {
+        self.control.retain(|c| matches!(c, Control::Disconnect(_)));
+    }
+
+    /// Writes framed, sealed records into `buf` until it holds at least
+    /// `budget` bytes or nothing is left. Returns the application payload
+    /// bytes dequeued.
+    pub(crate) fn write_records(
+        &mut self,
+        buf: &mut Vec<u8>,
+        budget: usize,
+        config: &Config,
+        now: Instant,
+    ) -> Result<usize, CryptoError> {
+        let record_size = config.record_size();
+        let mut dequeued = 0usize;
+        if !self.rekey.queued
+            && (self.rekey.bytes >= config.rekey_after_bytes
+                || self.rekey.records >= config.rekey_after_records
+                || now >= self.rekey.due)
+        {
+            self.rekey.queued = true;
+            self.control.push_back(Control::Rekey);
+        }
+        while buf.len() < budget && self.has_output() {
+            let len_pos = buf.len();
+            buf.extend_from_slice(&[0, 0]);
+            let start = buf.len();
+            let limit = start + record_size;
+            let mut rekey_here = false;
+            // Control messages first: they are small and latency-sensitive.
+            while let Some(c) = self.control.front() {
+                let mut payload = [0u8; 16];
+                let plen = {
+                    let mut v = Vec::new();
+                    c.encode_payload(&mut v);
+                    payload[..v.len()].copy_from_slice(&v);
+                    v.len()
+                };
+                let st = Some(MessageStart {
+                    msg_type: c.msg_type(),
+                    total_len: plen as u64,
+                });
+                let hl = chunk::data_header_len(0, st, plen as u64);
+                if buf.len() + hl + plen > limit {
+                    break;
+                }
+                let at = buf.len();
+                buf.resize(at + hl, 0);
+                chunk::write_data_header(&mut buf[at..], 0, st, true, plen as u64);
+                buf.extend_from_slice(&payload[..plen]);
+                if matches!(c, Control::Rekey) {
+                    rekey_here = true;
+                }
+                self.control.pop_front();
+            }
+            // Then application data, as many chunks as fit.
+            while let Some(m) = self.queue.front_mut() {
+                let space = limit.saturating_sub(buf.len());
+                let remaining = m.payload.len() - m.offset;
+                let st = (m.offset == 0).then_some(MessageStart {
+                    msg_type: u64::from(m.msg_type),
+                    total_len: m.payload.len() as u64,
+                });
+                let worst = chunk::data_header_len(u64::from(m.channel), st, remaining as u64);
+                if space < worst + remaining.min(1) {
+                    // Not even a header and one byte fit; unless nothing was
+                    // written yet (impossible with record_size >= 64) close the record.
+                    break;
+                }
+                let take = remaining.min(space - worst);
+                let last = take == remaining;
+                let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
+                let at = buf.len();
+                buf.resize(at + hl, 0);
+                chunk::write_data_header(
+                    &mut buf[at..],
+                    u64::from(m.channel),
+                    st,
+                    last,
+                    take as u64,
+                );
+                buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
+                m.offset += take;
+                dequeued += take;
+                if last {
+                    self.queue.pop_front();
+                } else {
+                    break;
+                }
+            }
+            let plain_len = buf.len() - start;
+            if plain_len == 0 {
+                buf.truncate(len_pos);
+                break;
+            }
+            let tag = self.send.seal_in_place(&[], &mut buf[start..])?;
+            buf.extend_from_slice(&tag);
+            let body_len = (plain_len + TAG_LEN) as u16;
+            buf[len_pos..len_pos + 2].copy_from_slice(&body_len.to_be_bytes());
+            self.rekey.bytes += (plain_len + TAG_LEN) as u64;
+            self.rekey.records += 1;
+            if rekey_here {
+                self.send.rekey();
+                self.rekey = RekeyState {
+                    bytes: 0,
+                    records: 0,
+                    due: now + config.rekey_after_time,
+                    queued: false,
+                };
+            }
+        }
+        self.queued_bytes -= dequeued;
+        Ok(dequeued)
+    }
+
+    /// Decrypts one record body in place and processes its chunks,
+    /// pushing completed messages to `events`.
+    pub(crate) fn read_record(
+        &mut self,
+        body: &mut [u8],
+        config: &Config,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> Result<RecordOutcome, DisconnectReason> {
+        if body.len() < TAG_LEN {
+            return Err(DisconnectReason::ProtocolViolation);
+        }
+        let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.recv
+            .open_in_place(&[], ct, &t)
+            .map_err(|_| DisconnectReason::DecryptFailed)?;
+        self.last_recv = now;
+        let mut r = Reader::new(ct);
+        let mut outcome = RecordOutcome::Continue;
+        let mut rekey = false;
+        while let Some(c) =
+            chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)?
+        {
+            let Chunk::Data {
+                channel,
+                start,
+                last,
+                data,
+            } = c
+            else {
+                continue; // padding ends the loop by consuming the rest; extensions are skipped
+            };
+            if channel == 0 {
+                let st = start.ok_or(DisconnectReason::ProtocolViolation)?;
+                if !last || data.len() > MAX_CONTROL_PAYLOAD || st.total_len != data.len() as u64 {
+                    return Err(DisconnectReason::ProtocolViolation);
+                }
+                let ctl = Control::decode(st.msg_type, data)
+                    .map_err(|_| DisconnectReason::ProtocolViolation)?;
+                match ctl {
+                    Control::Ping(token) => self.control.push_back(Control::Pong(token)),
+                    Control::Pong(token) => {
+                        if let Some((t, sent)) = self.ping_outstanding {
+                            if t == token {
+                                self.rtt = Some(now - sent);
+                                self.ping_outstanding = None;
+                            }
+                        }
+                    }
+                    Control::Disconnect(reason) => {
+                        outcome = RecordOutcome::RemoteDisconnect(reason)
+                    }
+                    Control::Rekey => rekey = true,
+                    Control::Unknown => {}
+                }
+                continue;
+            }
+            self.read_data(channel, start, last, data, config, events)?;
+        }
+        if rekey {
+            self.recv.rekey();
+        }
+        Ok(outcome)
+    }
+
+    fn read_data(
+        &mut self,
+        channel: u64,
+        start: Option<MessageStart>,
+        last: bool,
+        data: &[u8],
+        config: &Config,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), DisconnectReason> {
+        let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
+        let shared = *self
+            .channels
+            .get(idx)
+            .ok_or(DisconnectReason::UnknownMessageType)?;
+        let slot = &mut self.reassembly[idx];
+        let partial = match (start, slot.take()) {
+            (Some(_), Some(_)) | (None, None) => return Err(DisconnectReason::ProtocolViolation),
+            (None, Some(p)) => p,
+            (Some(st), None) => {
+                if st.msg_type >= u64::from(shared.message_count) {
+                    return Err(DisconnectReason::UnknownMessageType);
+                }
+                if st.total_len > config.max_message_size {
+                    return Err(DisconnectReason::MessageTooLarge);
+                }
+                let total = st.total_len as usize;
+                let msg_type = st.msg_type as u32;
+                if last {
+                    if data.len() != total {
+                        return Err(DisconnectReason::ProtocolViolation);
+                    }
+                    events.push_back(Event::Message {
+                        peer: self.peer,
+                        protocol: shared.id,
+                        msg_type,
+                        payload: Bytes::copy_from_slice(data),
+                    });
+                    return Ok(());
+                }
+                if self.reassembly_bytes + total > config.max_reassembly_per_peer {
+                    return Err(DisconnectReason::ResourceLimit);
+                }
+                self.reassembly_bytes += total;
+                Partial {
+                    msg_type,
+                    total,
+                    buf: Vec::with_capacity(total),
+                }
+            }
+        };
+        let mut p = partial;
+        if p.buf.len() + data.len() > p.total {
+            return Err(DisconnectReason::ProtocolViolation);
+        }
+        p.buf.extend_from_slice(data);
+        if last {
+            if p.buf.len() != p.total {
+                return Err(DisconnectReason::ProtocolViolation);
+            }
+            self.reassembly_bytes -= p.total;
+            events.push_back(Event::Message {
+                peer: self.peer,
+                protocol: shared.id,
+                msg_type: p.msg_type,
+                payload: Bytes::from(p.buf),
+            });
+        } else {
+            self.reassembly[idx] = Some(p);
+        }
+        Ok(())
+    }
+
+    /// The session's next deadline.
+    pub(crate) fn poll_timeout(&self, config: &Config) -> Instant {
+        let idle = self.last_recv + config.idle_timeout;
+        let mut t = idle.min(self.next_ping);
+        if !self.rekey.queued {
+            t = t.min(self.rekey.due);
+        }
+        t
+    }
+
+    /// Handles timer expiry: keepalive, rekey and the idle timeout.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        config: &Config,
+        now: Instant,
+    ) -> Result<(), DisconnectReason> {
+        if now >= self.last_recv + config.idle_timeout {
+            return Err(DisconnectReason::IdleTimeout);
+        }
+        if now >= self.next_ping {
+            self.ping_counter += 1;
+            self.ping_outstanding = Some((self.ping_counter, now));
+            self.control.push_back(Control::Ping(self.ping_counter));
+            self.next_ping = now + config.keepalive_interval;
+        }
+        if !self.rekey.queued && now >= self.rekey.due {
+            self.rekey.queued = true;
+            self.control.push_back(Control::Rekey);
+        }
+        Ok(())
+    }
+
+    /// Bytes held for partly received messages.
+    pub(crate) fn reassembly_bytes(&self) -> usize {
+        self.reassembly_bytes
+    }
+}

@@ -1,0 +1,5 @@
+//! In-crate scenario tests, run through the deterministic two-node harness.
+
+mod harness;
+mod noise_vectors;
+mod scenarios;

@@ -1,0 +1,627 @@
+//! End-to-end behaviour of two nodes without I/O.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::harness::{protocols, Pair, Side};
+use crate::{
+    Config, Direction, DisconnectReason, Event, HandshakePath, NodeId, Protocol, ProtocolId,
+    SendError,
+};
+
+const CHAT: ProtocolId = ProtocolId(0);
+const BLOCKS: ProtocolId = ProtocolId(1);
+
+fn connected(events: &[Event]) -> Vec<(NodeId, HandshakePath, Direction)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerConnected {
+                peer,
+                path,
+                direction,
+                ..
+            } => Some((*peer, *path, *direction)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn messages(events: &[Event]) -> Vec<(ProtocolId, u32, Bytes)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                protocol,
+                msg_type,
+                payload,
+                ..
+            } => Some((*protocol, *msg_type, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disconnected(events: &[Event]) -> Vec<(DisconnectReason, bool, usize)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerDisconnected {
+                reason,
+                remote,
+                unsent,
+                ..
+            } => Some((*reason, *remote, unsent.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failed(events: &[Event]) -> Vec<DisconnectReason> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectionFailed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn downgrades(events: &[Event]) -> Vec<(HandshakePath, HandshakePath)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::HandshakeDowngraded { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects A to B by the full path and returns the pair.
+fn connected_pair() -> Pair {
+    let mut p = Pair::new();
+    p.connect(None);
+    p.drive();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    assert_eq!(
+        connected(&p.take_events(Side::A)),
+        vec![(b, HandshakePath::Full, Direction::Outbound)]
+    );
+    assert_eq!(
+        connected(&p.take_events(Side::B)),
+        vec![(a, HandshakePath::Full, Direction::Inbound)]
+    );
+    p
+}
+
+#[test]
+fn full_handshake_negotiates_shared_protocols_and_exchanges_messages() {
+    let mut a_protocols = protocols();
+    a_protocols.push(Protocol::new("a-only", 1, 1));
+    let mut b_protocols = vec![Protocol::new("blocks", 2, 16), Protocol::new("chat", 1, 4)];
+    b_protocols.push(Protocol::new("chat", 0, 4));
+    let mut p = Pair::with_configs(
+        Config::with_protocols(a_protocols),
+        Config::with_protocols(b_protocols),
+    );
+    p.connect(None);
+    p.drive();
+    let ea = p.take_events(Side::A);
+    let eb = p.take_events(Side::B);
+    let pa = match &ea[0] {
+        Event::PeerConnected { protocols, .. } => protocols.clone(),
+        e => panic!("{e:?}"),
+    };
+    let pb = match &eb[0] {
+        Event::PeerConnected { protocols, .. } => protocols.clone(),
+        e => panic!("{e:?}"),
+    };
+    // Channel order is (name, version): blocks, chat.
+    assert_eq!(pa, vec![BLOCKS, CHAT]);
+    assert_eq!(pb, vec![ProtocolId(0), ProtocolId(1)]);
+    let b = p.id(Side::B);
+    p.a.send(&b, CHAT, 3, Bytes::from_static(b"hello")).unwrap();
+    p.a.send(&b, BLOCKS, 15, Bytes::from_static(b"block"))
+        .unwrap();
+    assert_eq!(
+        p.a.send(&b, ProtocolId(2), 0, Bytes::new()),
+        Err(SendError::ProtocolNotShared)
+    );
+    assert_eq!(
+        p.a.send(&b, CHAT, 4, Bytes::new()),
+        Err(SendError::UnknownMessageType)
+    );
+    p.drive();
+    // On B, "chat" v1 is ProtocolId(1) and "blocks" ProtocolId(0).
+    assert_eq!(
+        messages(&p.take_events(Side::B)),
+        vec![
+            (ProtocolId(1), 3, Bytes::from_static(b"hello")),
+            (ProtocolId(0), 15, Bytes::from_static(b"block"))
+        ]
+    );
+}
+
+#[test]
+fn introduced_handshake_takes_one_round_trip() {
+    let mut p = Pair::new();
+    let b = p.id(Side::B);
+    p.connect(Some(b));
+    // One flight A→B and one B→A: 2 × latency.
+    p.drive();
+    assert_eq!(p.now, crate::Instant::ZERO + p.latency * 2);
+    assert_eq!(
+        connected(&p.take_events(Side::A))[0].1,
+        HandshakePath::Introduced
+    );
+    assert_eq!(
+        connected(&p.take_events(Side::B))[0].1,
+        HandshakePath::Introduced
+    );
+}
+
+#[test]
+fn resumption_uses_the_previous_session_secret_once() {
+    let mut p = connected_pair();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    assert!(p.a.has_ticket(&b) && p.b.has_ticket(&a));
+    p.a.disconnect(&b, DisconnectReason::Requested, p.now);
+    p.drive();
+    assert_eq!(
+        disconnected(&p.take_events(Side::A)),
+        vec![(DisconnectReason::Requested, false, 0)]
+    );
+    assert_eq!(
+        disconnected(&p.take_events(Side::B)),
+        vec![(DisconnectReason::Requested, true, 0)]
+    );
+    p.connect(Some(b));
+    p.drive();
+    assert_eq!(
+        connected(&p.take_events(Side::A)),
+        vec![(b, HandshakePath::Resumed, Direction::Outbound)]
+    );
+    assert_eq!(
+        connected(&p.take_events(Side::B)),
+        vec![(a, HandshakePath::Resumed, Direction::Inbound)]
+    );
+    p.a.send(&b, CHAT, 0, Bytes::from_static(b"resumed"))
+        .unwrap();
+    p.drive();
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 1);
+    // The resumed session issued a fresh ticket on both sides.
+    assert!(p.a.has_ticket(&b) && p.b.has_ticket(&a));
+}
+
+#[test]
+fn failed_resumption_drops_the_ticket_and_falls_back_to_introduced() {
+    let mut p = connected_pair();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    p.a.disconnect(&b, DisconnectReason::Requested, p.now);
+    p.drive();
+    p.take_events(Side::A);
+    p.take_events(Side::B);
+    // B lost its tickets (say, it restarted without persisting them).
+    p.b.forget_ticket(&a);
+    p.connect(Some(b));
+    p.drive();
+    let ea = p.take_events(Side::A);
+    assert_eq!(
+        downgrades(&ea),
+        vec![(HandshakePath::Resumed, HandshakePath::Introduced)]
+    );
+    assert_eq!(
+        connected(&ea),
+        vec![(b, HandshakePath::Introduced, Direction::Outbound)]
+    );
+    assert_eq!(
+        connected(&p.take_events(Side::B))[0].1,
+        HandshakePath::Introduced
+    );
+}
+
+#[test]
+fn wrong_introduced_key_falls_back_to_full_handshake() {
+    let mut p = Pair::new();
+    let b = p.id(Side::B);
+    let stale = NodeId(super::harness::node(99, Config::default()).node_id().0);
+    p.connect(Some(stale));
+    p.drive();
+    let ea = p.take_events(Side::A);
+    assert_eq!(
+        downgrades(&ea),
+        vec![(HandshakePath::Introduced, HandshakePath::Full)]
+    );
+    assert_eq!(
+        connected(&ea),
+        vec![(b, HandshakePath::Full, Direction::Outbound)]
+    );
+    assert_eq!(connected(&p.take_events(Side::B))[0].1, HandshakePath::Full);
+}
+
+#[test]
+fn both_downgrades_in_one_connection() {
+    // A holds a ticket for B. B is then replaced at the same address by a
+    // node with another key and no tickets: resumption fails, the
+    // introduced key fails, and the full handshake reaches the new node.
+    let mut p = connected_pair();
+    let old_b = p.id(Side::B);
+    p.a.disconnect(&old_b, DisconnectReason::Requested, p.now);
+    p.drive();
+    assert!(p.a.has_ticket(&old_b));
+    let a = p.a;
+    let mut p = Pair::from_nodes(
+        a,
+        super::harness::node(77, Config::with_protocols(protocols())),
+    );
+    let new_b = p.id(Side::B);
+    p.connect(Some(old_b));
+    p.drive();
+    let ea = p.take_events(Side::A);
+    assert_eq!(
+        downgrades(&ea),
+        vec![
+            (HandshakePath::Resumed, HandshakePath::Introduced),
+            (HandshakePath::Introduced, HandshakePath::Full)
+        ]
+    );
+    assert_eq!(
+        connected(&ea),
+        vec![(new_b, HandshakePath::Full, Direction::Outbound)]
+    );
+    assert!(!p.a.has_ticket(&old_b), "the failed ticket is gone");
+    assert!(p.a.has_ticket(&new_b));
+}
+
+#[test]
+fn small_messages_share_records() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.wire_a.clear();
+    for i in 0..100u32 {
+        p.a.send(&b, CHAT, i % 4, Bytes::from(vec![i as u8; 64]))
+            .unwrap();
+    }
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    assert_eq!(got.len(), 100);
+    for (i, (_, t, payload)) in got.iter().enumerate() {
+        assert_eq!(*t, i as u32 % 4);
+        assert_eq!(payload[..], vec![i as u8; 64][..]);
+    }
+    // 100 × (64 + 5) bytes fit in one 16 KiB record: one frame on the wire.
+    let frames = count_frames(&p.wire_a.concat());
+    assert_eq!(
+        frames, 1,
+        "100 small messages should be sealed in one record"
+    );
+}
+
+fn count_frames(mut wire: &[u8]) -> usize {
+    let mut n = 0;
+    while wire.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([wire[0], wire[1]]));
+        wire = &wire[2 + len..];
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn large_messages_are_split_across_records_and_reassembled() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    let big: Vec<u8> = (0..(1 << 20) + 7)
+        .map(|i: u32| (i * 31 % 251) as u8)
+        .collect();
+    p.a.send(&b, BLOCKS, 1, Bytes::from(big.clone())).unwrap();
+    p.a.send(&b, CHAT, 2, Bytes::from_static(b"after")).unwrap();
+    p.wire_a.clear();
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].2[..], big[..]);
+    assert_eq!(got[1].2, Bytes::from_static(b"after"));
+    assert!(
+        count_frames(&p.wire_a.concat()) >= 64,
+        "1 MiB in 16 KiB records"
+    );
+}
+
+#[test]
+fn queued_messages_are_handed_back_on_disconnect() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    for i in 0..5u8 {
+        p.a.send(&b, CHAT, 0, Bytes::from(vec![i])).unwrap();
+    }
+    p.a.disconnect(&b, DisconnectReason::Requested, p.now);
+    let ev = {
+        p.drive();
+        p.take_events(Side::A)
+    };
+    let unsent = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::PeerDisconnected { unsent, .. } => Some(unsent.clone()),
+            _ => None,
+        })
+        .expect("disconnected");
+    let payloads: Vec<u8> = unsent.iter().map(|m| m.payload[0]).collect();
+    assert_eq!(payloads, vec![0, 1, 2, 3, 4]);
+    assert!(messages(&p.take_events(Side::B)).is_empty());
+    assert_eq!(
+        p.a.send(&b, CHAT, 0, Bytes::new()),
+        Err(SendError::NotConnected)
+    );
+}
+
+#[test]
+fn transport_loss_hands_back_unsent_messages() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.b_stalled = true;
+    // Fill the pipe: the first poll writes, the rest stays queued.
+    for i in 0..50u8 {
+        p.a.send(&b, BLOCKS, 0, Bytes::from(vec![i; 100_000]))
+            .unwrap();
+    }
+    p.drive();
+    let link = p.links[0];
+    let now = p.now;
+    p.a.handle_close(link.a, now);
+    p.drive();
+    let d = disconnected(&p.take_events(Side::A));
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, DisconnectReason::TransportClosed);
+    assert!(d[0].2 > 0, "messages still queued come back");
+}
+
+#[test]
+fn keepalive_measures_rtt_and_idle_timeout_disconnects() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.advance(Duration::from_secs(16));
+    let rtt = p.a.rtt(&b).expect("pinged");
+    assert_eq!(rtt, p.latency * 2);
+    assert!(p.a.is_connected(&b), "pings keep the connection alive");
+    p.advance(Duration::from_secs(120));
+    assert!(p.a.is_connected(&b));
+    p.partitioned = true;
+    p.a.send(&b, CHAT, 0, Bytes::from_static(b"lost")).unwrap();
+    p.advance(Duration::from_secs(61));
+    let d = disconnected(&p.take_events(Side::A));
+    assert_eq!(d, vec![(DisconnectReason::IdleTimeout, false, 0)]);
+}
+
+#[test]
+fn rekeying_keeps_the_session_working() {
+    let mut c = Config::with_protocols(protocols());
+    c.rekey_after_bytes = 10_000;
+    let mut p = Pair::with_configs(c.clone(), c);
+    p.connect(None);
+    p.drive();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    p.take_events(Side::A);
+    for round in 0..20u8 {
+        p.a.send(&b, CHAT, 1, Bytes::from(vec![round; 3000]))
+            .unwrap();
+        p.b.send(&a, CHAT, 1, Bytes::from(vec![round; 3000]))
+            .unwrap();
+        p.drive();
+    }
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 20);
+    assert_eq!(messages(&p.take_events(Side::A)).len(), 20);
+    // Time-based rekey too.
+    p.advance(Duration::from_secs(3700));
+    p.a.send(&b, CHAT, 1, Bytes::from_static(b"later")).unwrap();
+    p.drive();
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 1);
+}
+
+#[test]
+fn handshake_timeout_and_half_open_limit() {
+    let mut c = Config::with_protocols(protocols());
+    c.max_handshaking = 3;
+    let mut p = Pair::with_configs(Config::with_protocols(protocols()), c);
+    let now = p.now;
+    for _ in 0..3 {
+        p.b.accept(now).unwrap();
+    }
+    assert_eq!(p.b.accept(now), Err(crate::ConnectError::TooManyHandshakes));
+    p.advance(Duration::from_secs(11));
+    let f = failed(&p.take_events(Side::B));
+    assert_eq!(f, vec![DisconnectReason::HandshakeTimeout; 3]);
+    assert_eq!(p.b.connection_count(), 0);
+    assert!(p.b.accept(p.now).is_ok());
+}
+
+#[test]
+fn no_shared_protocols_is_refused_with_a_reason() {
+    let mut p = Pair::with_configs(
+        Config::with_protocols(vec![Protocol::new("x", 1, 1)]),
+        Config::with_protocols(vec![Protocol::new("y", 1, 1)]),
+    );
+    p.connect(None);
+    p.drive();
+    assert_eq!(
+        failed(&p.take_events(Side::A)),
+        vec![DisconnectReason::NoSharedProtocols]
+    );
+    let fb = failed(&p.take_events(Side::B));
+    assert_eq!(fb, vec![DisconnectReason::NoSharedProtocols]);
+    assert_eq!(p.a.connection_count() + p.b.connection_count(), 0);
+}
+
+#[test]
+fn simultaneous_dials_keep_exactly_one_connection() {
+    let mut p = Pair::new();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    p.connect(Some(b));
+    p.connect_ba(Some(a));
+    p.drive();
+    assert!(p.a.is_connected(&b) && p.b.is_connected(&a));
+    assert_eq!(p.a.connection_count(), 1);
+    assert_eq!(p.b.connection_count(), 1);
+    p.a.send(&b, CHAT, 0, Bytes::from_static(b"one")).unwrap();
+    p.drive();
+    assert_eq!(messages(&p.events_b).len(), 1);
+}
+
+#[test]
+fn garbage_before_handshake_is_rejected() {
+    let mut p = Pair::new();
+    let link = p.connect(None);
+    p.inject(Side::B, link, vec![0, 3, 0x42, 1, 2]);
+    p.drive();
+    assert_eq!(
+        failed(&p.take_events(Side::B)),
+        vec![DisconnectReason::ProtocolViolation]
+    );
+    // A learns the reason from B's REJECT frame.
+    assert_eq!(
+        failed(&p.take_events(Side::A)),
+        vec![DisconnectReason::ProtocolViolation]
+    );
+}
+
+#[test]
+fn tampered_replayed_and_reordered_records_close_the_connection() {
+    for mode in 0..3 {
+        let mut p = connected_pair();
+        let b = p.id(Side::B);
+        let link = 0;
+        p.a.send(&b, CHAT, 0, Bytes::from_static(b"one")).unwrap();
+        // Capture the record instead of delivering it.
+        let mut buf = Vec::new();
+        let c = p.a.poll_transmit(p.now, &mut buf).unwrap();
+        p.a.handle_written(c, p.now);
+        p.a.send(&b, CHAT, 0, Bytes::from_static(b"two")).unwrap();
+        let mut buf2 = Vec::new();
+        let c = p.a.poll_transmit(p.now, &mut buf2).unwrap();
+        p.a.handle_written(c, p.now);
+        match mode {
+            0 => {
+                let last = buf.len() - 1;
+                buf[last] ^= 0x80;
+                p.inject(Side::B, link, buf);
+            }
+            1 => {
+                p.inject(Side::B, link, buf.clone());
+                p.inject(Side::B, link, buf);
+            }
+            _ => {
+                p.inject(Side::B, link, buf2);
+                p.inject(Side::B, link, buf);
+            }
+        }
+        p.drive();
+        let eb = p.take_events(Side::B);
+        assert_eq!(
+            disconnected(&eb),
+            vec![(DisconnectReason::DecryptFailed, false, 0)],
+            "mode {mode}"
+        );
+        assert!(messages(&eb).len() <= 1);
+    }
+}
+
+#[test]
+fn a_peer_that_never_reads_gets_backpressure_not_memory() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.b_stalled = true;
+    let mut sent = 0usize;
+    loop {
+        match p.a.send(&b, BLOCKS, 0, Bytes::from(vec![0u8; 64 << 10])) {
+            Ok(()) => sent += 1,
+            Err(SendError::QueueFull) => break,
+            Err(e) => panic!("{e}"),
+        }
+        p.drive();
+        assert!(sent < 10_000, "queue never filled");
+    }
+    let limit = p.a.config().max_queued_per_peer;
+    assert!(p.a.queued_bytes(&b) <= limit);
+    assert!(p.a.buffered_bytes() <= limit + (1 << 20));
+}
+
+#[test]
+fn reassembly_memory_is_capped_per_peer() {
+    let mut cb = Config::with_protocols(protocols());
+    cb.max_reassembly_per_peer = 100_000;
+    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    p.take_events(Side::A);
+    p.take_events(Side::B);
+    p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 200_000]))
+        .unwrap();
+    p.drive();
+    assert_eq!(
+        disconnected(&p.take_events(Side::B)),
+        vec![(DisconnectReason::ResourceLimit, false, 0)]
+    );
+    let da = disconnected(&p.take_events(Side::A));
+    assert_eq!(da, vec![(DisconnectReason::ResourceLimit, true, 0)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Mixed protocols, types and sizes both ways arrive exactly once, in
+    /// order, uncorrupted, whatever the record size.
+    #[test]
+    fn messages_arrive_in_order(
+        msgs in proptest::collection::vec((any::<bool>(), 0u32..4, 0usize..40_000, any::<u8>(), any::<bool>()), 1..60),
+        record in 64usize..20_000,
+    ) {
+        let mut c = Config::with_protocols(protocols());
+        c.max_record_size = record;
+        let mut p = Pair::with_configs(c.clone(), c);
+        p.connect(None);
+        p.drive();
+        let (a, b) = (p.id(Side::A), p.id(Side::B));
+        p.take_events(Side::A);
+        p.take_events(Side::B);
+        let mut to_b = Vec::new();
+        let mut to_a = Vec::new();
+        for (chat, t, len, fill, from_a) in msgs {
+            let proto = if chat { CHAT } else { BLOCKS };
+            let payload = Bytes::from(vec![fill; len]);
+            if from_a {
+                p.a.send(&b, proto, t, payload.clone()).unwrap();
+                to_b.push((proto, t, payload));
+            } else {
+                p.b.send(&a, proto, t, payload.clone()).unwrap();
+                to_a.push((proto, t, payload));
+            }
+        }
+        p.drive();
+        prop_assert_eq!(messages(&p.take_events(Side::B)), to_b);
+        prop_assert_eq!(messages(&p.take_events(Side::A)), to_a);
+    }
+
+    /// Arbitrary bytes fed to a node in any phase never panic and end in a
+    /// closed connection with a reason, or are buffered as a partial frame.
+    #[test]
+    fn arbitrary_input_never_panics(
+        junk in proptest::collection::vec(any::<u8>(), 0..300),
+        established in any::<bool>(),
+    ) {
+        let mut p = if established { connected_pair() } else { Pair::new() };
+        let link = if established { 0 } else { p.connect(None) };
+        p.inject(Side::B, link, junk);
+        p.advance(Duration::from_secs(20));
+        for e in p.take_events(Side::B) {
+            if let Event::ConnectionFailed { reason, .. } | Event::PeerDisconnected { reason, .. } = e {
+                prop_assert!(reason != DisconnectReason::Unknown(0));
+            }
+        }
+    }
+}
