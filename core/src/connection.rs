@@ -4,9 +4,8 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::event::{Direction, HandshakePath};
+use crate::event::Direction;
 use crate::handshake::Handshake;
-use crate::identity::NodeId;
 use crate::reason::DisconnectReason;
 use crate::session::Session;
 use crate::time::Instant;
@@ -31,7 +30,6 @@ pub(crate) enum Phase {
     /// Records are exchanged.
     Established {
         session: Session,
-        path: HandshakePath,
         /// `PeerConnected` was emitted (negotiation succeeded).
         announced: bool,
     },
@@ -64,14 +62,6 @@ impl Connection {
     /// True while the handshake is in progress.
     pub(crate) fn is_handshaking(&self) -> bool {
         matches!(self.phase, Phase::Handshake(_))
-    }
-
-    /// The peer, once the handshake has completed.
-    pub(crate) fn peer(&self) -> Option<NodeId> {
-        match &self.phase {
-            Phase::Established { session, .. } => Some(session.peer),
-            Phase::Handshake(_) => None,
-        }
     }
 
     /// True if bytes are waiting for `poll_transmit`.

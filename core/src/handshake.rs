@@ -15,7 +15,7 @@ use core::fmt;
 use rand_core::CryptoRngCore;
 
 use crate::connection::ConnectionId;
-use crate::crypto::noise::{HandshakeResult, HandshakeState, Pattern, DHLEN, IK, NNPSK0, XX};
+use crate::crypto::noise::{HandshakeResult, HandshakeState, Pattern, IK, NNPSK0, XX};
 use crate::crypto::CryptoError;
 use crate::event::{Event, HandshakePath};
 use crate::identity::{Keypair, NodeId};
@@ -443,7 +443,3 @@ impl Handshake {
         }))
     }
 }
-
-/// Length of a public key in handshake messages, re-exported for SPEC tests.
-#[allow(dead_code)]
-pub(crate) const PUBKEY_LEN: usize = DHLEN;

@@ -103,6 +103,7 @@ impl TicketStore {
     }
 
     /// Number of tickets held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_peer.len()
     }

@@ -62,7 +62,7 @@ pub mod varint;
 #[cfg(test)]
 mod tests;
 
-pub use bytes;
+pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
 pub use crypto::{CipherState, CryptoError};

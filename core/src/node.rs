@@ -546,7 +546,6 @@ impl Node {
         let _ = target;
         conn.phase = Phase::Established {
             session,
-            path,
             announced: false,
         };
         let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;

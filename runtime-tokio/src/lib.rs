@@ -1,1 +1,38 @@
+//! # devp2p-tokio
+//!
+//! Runs a [`devp2p_core::Node`] on tokio: owns TCP sockets (IPv4 and IPv6)
+//! and timers, and drives the sans-IO core. No protocol logic lives here;
+//! everything about handshakes, sessions and limits is in the core.
+//!
+//! ```no_run
+//! use devp2p_tokio::{Config, Event, Node, NodeConfig, Protocol, ProtocolId};
+//!
+//! # async fn example() -> std::io::Result<()> {
+//! let config = NodeConfig::new(Config::with_protocols(vec![Protocol::new("chat", 1, 1)]))
+//!     .listen("127.0.0.1:0".parse().unwrap());
+//! let (node, mut events) = Node::spawn(config).await?;
+//! let peer = node.dial("127.0.0.1:30303".parse().unwrap()).await.expect("dial");
+//! node.send(peer, ProtocolId(0), 0, b"hello".to_vec().into()).await.expect("send");
+//! while let Some(event) = events.next().await {
+//!     if let Event::Message { payload, .. } = event {
+//!         println!("{:?}", payload);
+//!     }
+//! }
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+#![warn(missing_docs)]
+
+mod addr;
+mod driver;
+mod handle;
+
+pub mod demo;
+
+pub use addr::{ParseAddrError, PeerAddr};
+pub use devp2p_core::{
+    Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
+    NodeId, Protocol, ProtocolId, SendError, UnsentMessage,
+};
+pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

@@ -5,7 +5,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use core::fmt;
 
 /// Length of the Poly1305 authentication tag appended to every ciphertext.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// A failure of an AEAD operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

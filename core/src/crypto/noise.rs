@@ -171,13 +171,13 @@ pub(crate) struct HandshakeResult {
     pub(crate) send: CipherState,
     /// Cipher for messages this side receives.
     pub(crate) recv: CipherState,
-    /// The final handshake hash `h` (unique per session; used for channel binding).
+    /// The final handshake hash `h` (unique per session); checked against the
+    /// vectors and `snow`, and available for channel binding.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) handshake_hash: Hash,
     /// The third output of `HKDF(ck, "", 3)`: the secret from which the
     /// resumption secret of this session is derived (SPEC.md "Resumption").
     pub(crate) resumption_seed: Hash,
-    /// The peer's static key, if the pattern transmitted or pre-shared it.
-    pub(crate) remote_static: Option<[u8; DHLEN]>,
 }
 
 /// The Noise `HandshakeState` for one side of one handshake.
@@ -389,7 +389,6 @@ impl HandshakeState {
             recv,
             handshake_hash: self.ss.h,
             resumption_seed: k3,
-            remote_static: self.rs,
         }
     }
 }

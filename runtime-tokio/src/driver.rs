@@ -1,0 +1,490 @@
+//! The task that owns the core and the sockets: feeds inputs in, drains
+//! transmits, closes and events out, and sleeps until the next deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::time::{Duration, Instant as StdInstant};
+
+use devp2p_core::{Bytes, ConnectionId, DisconnectReason, Event, NodeId, ProtocolId, SendError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::addr::PeerAddr;
+use crate::handle::DialError;
+
+/// Bytes read from a socket per input.
+const READ_CHUNK: usize = 64 << 10;
+
+/// A command from a [`Node`](crate::Node) handle.
+pub(crate) enum Command {
+    Dial {
+        addr: PeerAddr,
+        reply: oneshot::Sender<Result<NodeId, DialError>>,
+    },
+    Send {
+        peer: NodeId,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    Disconnect {
+        peer: NodeId,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<NodeId>>,
+    },
+    Rtt {
+        peer: NodeId,
+        reply: oneshot::Sender<Option<Duration>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Something that happened on a socket.
+enum Input {
+    Accepted(TcpStream),
+    Connected {
+        stream: TcpStream,
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, DialError>>,
+    },
+    Data(ConnectionId, Vec<u8>),
+    Eof(ConnectionId),
+    Written(ConnectionId, Vec<u8>),
+}
+
+struct ConnIo {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    reader: JoinHandle<()>,
+}
+
+struct PendingSend {
+    peer: NodeId,
+    protocol: ProtocolId,
+    msg_type: u32,
+    payload: Bytes,
+    reply: oneshot::Sender<Result<(), SendError>>,
+}
+
+pub(crate) struct Driver {
+    core: devp2p_core::Node,
+    start: StdInstant,
+    cmd_rx: mpsc::Receiver<Command>,
+    input_tx: mpsc::Sender<Input>,
+    input_rx: mpsc::Receiver<Input>,
+    events: mpsc::Sender<Event>,
+    conns: HashMap<ConnectionId, ConnIo>,
+    dials: HashMap<ConnectionId, oneshot::Sender<Result<NodeId, DialError>>>,
+    pending: VecDeque<PendingSend>,
+    spare: Vec<Vec<u8>>,
+    listeners: Vec<JoinHandle<()>>,
+    shutdown: Vec<oneshot::Sender<()>>,
+    stopping: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        core: devp2p_core::Node,
+        cmd_rx: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        listeners: Vec<TcpListener>,
+    ) -> Self {
+        let (input_tx, input_rx) = mpsc::channel(256);
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                let tx = input_tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((s, from)) => {
+                                tracing::debug!(%from, "accepted");
+                                if tx.send(Input::Accepted(s)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Driver {
+            core,
+            start: StdInstant::now(),
+            cmd_rx,
+            input_tx,
+            input_rx,
+            events,
+            conns: HashMap::new(),
+            dials: HashMap::new(),
+            pending: VecDeque::new(),
+            spare: Vec::new(),
+            listeners,
+            shutdown: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn now(&self) -> devp2p_core::Instant {
+        devp2p_core::Instant::from_nanos(self.start.elapsed().as_nanos() as u64)
+    }
+
+    fn to_std(&self, t: devp2p_core::Instant) -> StdInstant {
+        self.start + Duration::from_nanos(t.as_nanos())
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.flush().await;
+            if self.stopping && self.core.connection_count() == 0 {
+                break;
+            }
+            let deadline = self.core.poll_timeout().map(|t| self.to_std(t));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                input = self.input_rx.recv() => {
+                    // The driver holds a sender, so the channel never closes.
+                    if let Some(input) = input {
+                        self.handle_input(input);
+                        // Take whatever else is ready before flushing, to batch work.
+                        for _ in 0..64 {
+                            match self.input_rx.try_recv() {
+                                Ok(i) => self.handle_input(i),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(c) => self.handle_command(c),
+                    None => self.begin_shutdown(),
+                },
+                () = sleep => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+        }
+        for l in &self.listeners {
+            l.abort();
+        }
+        for (_, io) in self.conns.drain() {
+            io.reader.abort();
+        }
+        for s in self.shutdown.drain(..) {
+            let _ = s.send(());
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            for l in &self.listeners {
+                l.abort();
+            }
+            let now = self.now();
+            self.core.shutdown(now);
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => {
+                if self.stopping {
+                    let _ = reply.send(Err(DialError::Stopped));
+                    return;
+                }
+                let tx = self.input_tx.clone();
+                tokio::spawn(async move {
+                    match TcpStream::connect(addr.addr).await {
+                        Ok(stream) => {
+                            let _ = tx
+                                .send(Input::Connected {
+                                    stream,
+                                    target: addr.id,
+                                    reply,
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(DialError::Io(e)));
+                        }
+                    }
+                });
+            }
+            Command::Send {
+                peer,
+                protocol,
+                msg_type,
+                payload,
+                reply,
+            } => {
+                // Keep order behind sends already waiting for this peer.
+                if self.pending.iter().any(|p| p.peer == peer) {
+                    self.pending.push_back(PendingSend {
+                        peer,
+                        protocol,
+                        msg_type,
+                        payload,
+                        reply,
+                    });
+                    return;
+                }
+                match self.core.send(&peer, protocol, msg_type, payload.clone()) {
+                    Err(SendError::QueueFull) => self.pending.push_back(PendingSend {
+                        peer,
+                        protocol,
+                        msg_type,
+                        payload,
+                        reply,
+                    }),
+                    r => {
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+            Command::Disconnect { peer } => {
+                let now = self.now();
+                self.core
+                    .disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.core.peers().collect());
+            }
+            Command::Rtt { peer, reply } => {
+                let _ = reply.send(self.core.rtt(&peer));
+            }
+            Command::Shutdown { reply } => {
+                self.shutdown.push(reply);
+                self.begin_shutdown();
+            }
+        }
+    }
+
+    fn register(&mut self, stream: TcpStream, id: ConnectionId) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let tx = self.input_tx.clone();
+        tokio::spawn(async move {
+            while let Some(buf) = wrx.recv().await {
+                if let Err(e) = wr.write_all(&buf).await {
+                    tracing::debug!(conn = %id, error = %e, "write failed");
+                    let _ = tx.send(Input::Eof(id)).await;
+                    return;
+                }
+                if tx.send(Input::Written(id, buf)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let tx = self.input_tx.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut buf = Vec::with_capacity(READ_CHUNK);
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Input::Eof(id)).await;
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(Input::Data(id, buf)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        self.conns.insert(
+            id,
+            ConnIo {
+                writer: wtx,
+                reader,
+            },
+        );
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Accepted(stream) => {
+                if self.stopping {
+                    return;
+                }
+                match self.core.accept(now) {
+                    Ok(id) => self.register(stream, id),
+                    Err(e) => tracing::debug!(error = %e, "inbound connection refused"),
+                }
+            }
+            Input::Connected {
+                stream,
+                target,
+                reply,
+            } => {
+                if self.stopping {
+                    let _ = reply.send(Err(DialError::Stopped));
+                    return;
+                }
+                match self.core.connect(target, now) {
+                    Ok(id) => {
+                        self.register(stream, id);
+                        self.dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(DialError::Refused(e)));
+                    }
+                }
+            }
+            Input::Data(id, mut buf) => self.core.handle_input(id, &mut buf, now),
+            Input::Eof(id) => self.core.handle_close(id, now),
+            Input::Written(id, mut buf) => {
+                self.core.handle_written(id, now);
+                if self.spare.len() < 64 {
+                    buf.clear();
+                    self.spare.push(buf);
+                }
+            }
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let mut blocked: Vec<NodeId> = Vec::new();
+        let mut keep = VecDeque::new();
+        while let Some(p) = self.pending.pop_front() {
+            if blocked.contains(&p.peer) {
+                keep.push_back(p);
+                continue;
+            }
+            match self
+                .core
+                .send(&p.peer, p.protocol, p.msg_type, p.payload.clone())
+            {
+                Err(SendError::QueueFull) => {
+                    blocked.push(p.peer);
+                    keep.push_back(p);
+                }
+                r => {
+                    let _ = p.reply.send(r);
+                }
+            }
+        }
+        self.pending = keep;
+    }
+
+    /// Drains the core's outputs.
+    async fn flush(&mut self) {
+        loop {
+            if !self.pending.is_empty() {
+                self.retry_pending();
+            }
+            let now = self.now();
+            let mut progress = false;
+            loop {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                let Some(id) = self.core.poll_transmit(now, &mut buf) else {
+                    self.spare.push(buf);
+                    break;
+                };
+                progress = true;
+                match self.conns.get(&id) {
+                    Some(io) if io.writer.send(buf).is_ok() => {}
+                    _ => {
+                        self.core.handle_written(id, now);
+                        self.core.handle_close(id, now);
+                    }
+                }
+            }
+            while let Some(id) = self.core.poll_close() {
+                progress = true;
+                if let Some(io) = self.conns.remove(&id) {
+                    io.reader.abort();
+                    // Dropping the writer's sender lets it finish and shut down.
+                }
+                if let Some(reply) = self.dials.remove(&id) {
+                    let _ =
+                        reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
+                }
+            }
+            while let Some(ev) = self.core.poll_event() {
+                progress = true;
+                self.route_event(&ev);
+                if self.events.send(ev).await.is_err() {
+                    // Nobody listens: keep running for the handles.
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn route_event(&mut self, ev: &Event) {
+        match ev {
+            Event::PeerConnected {
+                peer,
+                connection,
+                path,
+                direction,
+                ..
+            } => {
+                tracing::info!(%peer, ?path, ?direction, "peer connected");
+                if let Some(reply) = self.dials.remove(connection) {
+                    let _ = reply.send(Ok(*peer));
+                }
+            }
+            Event::ConnectionFailed {
+                connection,
+                reason,
+                peer,
+            } => {
+                tracing::info!(conn = %connection, %reason, "connection failed");
+                if let Some(reply) = self.dials.remove(connection) {
+                    let r = match peer {
+                        Some(p)
+                            if *reason == DisconnectReason::DuplicateConnection
+                                && self.core.is_connected(p) =>
+                        {
+                            Ok(*p)
+                        }
+                        _ => Err(DialError::Handshake(*reason)),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+            Event::PeerDisconnected {
+                peer,
+                reason,
+                unsent,
+                ..
+            } => {
+                tracing::info!(%peer, %reason, unsent = unsent.len(), "peer disconnected");
+            }
+            Event::HandshakeDowngraded { peer, from, to, .. } => {
+                tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> Self {
+        DialError::Io(e)
+    }
+}
