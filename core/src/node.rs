@@ -466,7 +466,6 @@ impl Node {
                     connection: id,
                     now,
                 };
-                let target = hs.target();
                 let result = hs.handle_frame(frame, &mut ctx, &mut out);
                 for f in &out {
                     conn.push_plain_frame(f);
@@ -474,7 +473,7 @@ impl Node {
                 match result {
                     Ok(None) => Ok(true),
                     Ok(Some(done)) => {
-                        self.establish(id, conn, done, target, now)?;
+                        self.establish(id, conn, done, now)?;
                         Ok(true)
                     }
                     Err(e) => Err(CloseCause {
@@ -507,7 +506,6 @@ impl Node {
         id: ConnectionId,
         conn: &mut Connection,
         done: Completed,
-        target: Option<NodeId>,
         now: Instant,
     ) -> Result<(), CloseCause> {
         let Completed {
@@ -534,8 +532,7 @@ impl Node {
             .map(|h| protocol::negotiate(&self.config.protocols, h))
             .unwrap_or_default();
         let session = Session::new(
-            keys.send,
-            keys.recv,
+            (keys.send, keys.recv),
             peer,
             shared,
             self.config.protocols.len(),
@@ -543,7 +540,6 @@ impl Node {
             &self.config,
             now,
         );
-        let _ = target;
         conn.phase = Phase::Established {
             session,
             announced: false,

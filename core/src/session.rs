@@ -84,8 +84,7 @@ pub(crate) struct Session {
 impl Session {
     /// A session after a successful handshake and negotiation.
     pub(crate) fn new(
-        send: CipherState,
-        recv: CipherState,
+        (send, recv): (CipherState, CipherState),
         peer: NodeId,
         channels: Vec<SharedProtocol>,
         local_protocols: usize,

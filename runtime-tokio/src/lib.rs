@@ -24,6 +24,10 @@
 
 #![warn(missing_docs)]
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod addr;
 mod driver;
 mod handle;

@@ -246,7 +246,7 @@ impl HandshakeState {
 
     /// True when it is this side's turn to write.
     pub(crate) fn is_my_turn(&self) -> bool {
-        (self.next % 2 == 0) == self.initiator
+        self.next.is_multiple_of(2) == self.initiator
     }
 
     /// True when every message of the pattern has been processed.
