@@ -57,7 +57,8 @@ fn config() -> Config {
     let mut c = Config::with_protocols(vec![Protocol::new("bench", 1, 4)]);
     c.max_queued_per_peer = 64 << 20;
     c.max_queued_total = 64 << 20;
-    c.max_transmit_size = 1 << 20;
+    c.max_transmit_size = std::env::var("TX").map(|v| v.parse().expect("TX")).unwrap_or(256 << 10);
+    if let Ok(r) = std::env::var("RECORD") { c.max_record_size = r.parse().expect("RECORD"); }
     c
 }
 
