@@ -16,8 +16,8 @@ use std::time::{Duration, Instant as StdInstant};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use devp2p_core::{
-    Bytes, Config, ConnectionId, DisconnectReason, Event, HandshakePath, Instant, Keypair, Node, NodeId, Protocol,
-    ProtocolId, SeededRng,
+    Bytes, Config, ConnectionId, DisconnectReason, Event, HandshakePath, Instant, Keypair, Node, NodeId,
+    Protocol, ProtocolId, SeededRng,
 };
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -58,7 +58,9 @@ fn config() -> Config {
     c.max_queued_per_peer = 64 << 20;
     c.max_queued_total = 64 << 20;
     c.max_transmit_size = std::env::var("TX").map(|v| v.parse().expect("TX")).unwrap_or(256 << 10);
-    if let Ok(r) = std::env::var("RECORD") { c.max_record_size = r.parse().expect("RECORD"); }
+    if let Ok(r) = std::env::var("RECORD") {
+        c.max_record_size = r.parse().expect("RECORD");
+    }
     c
 }
 

@@ -89,28 +89,17 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkE
         0x10..=0x13 => {
             let channel = r.varint()?;
             let start = if tag & FLAG_FIRST != 0 {
-                Some(MessageStart {
-                    msg_type: r.varint()?,
-                    total_len: r.varint()?,
-                })
+                Some(MessageStart { msg_type: r.varint()?, total_len: r.varint()? })
             } else {
                 None
             };
             let len = usize_len(r.varint()?)?;
             let data = r.bytes(len)?;
-            Chunk::Data {
-                channel,
-                start,
-                last: tag & FLAG_LAST != 0,
-                data,
-            }
+            Chunk::Data { channel, start, last: tag & FLAG_LAST != 0, data }
         }
         TAG_EXTENSION_MIN..=0xff => {
             let len = usize_len(r.varint()?)?;
-            Chunk::Extension {
-                tag,
-                body: r.bytes(len)?,
-            }
+            Chunk::Extension { tag, body: r.bytes(len)? }
         }
         other => return Err(ChunkError::UnknownTag(other)),
     };
@@ -193,22 +182,10 @@ mod tests {
     fn padding_and_extensions() {
         let rec = [0x30, 0x02, 0xaa, 0xbb, 0x00, 0x00, 0x00];
         let mut r = Reader::new(&rec);
-        assert_eq!(
-            decode(&mut r),
-            Ok(Some(Chunk::Extension {
-                tag: 0x30,
-                body: &[0xaa, 0xbb]
-            }))
-        );
+        assert_eq!(decode(&mut r), Ok(Some(Chunk::Extension { tag: 0x30, body: &[0xaa, 0xbb] })));
         assert_eq!(decode(&mut r), Ok(Some(Chunk::Padding)));
         assert_eq!(decode(&mut r), Ok(None));
-        assert_eq!(
-            decode(&mut Reader::new(&[0x05])),
-            Err(ChunkError::UnknownTag(5))
-        );
-        assert_eq!(
-            decode(&mut Reader::new(&[0x13, 0x01, 0x00, 0x05, 0x05, 1])),
-            Err(ChunkError::Truncated)
-        );
+        assert_eq!(decode(&mut Reader::new(&[0x05])), Err(ChunkError::UnknownTag(5)));
+        assert_eq!(decode(&mut Reader::new(&[0x13, 0x01, 0x00, 0x05, 0x05, 1])), Err(ChunkError::Truncated));
     }
 }

@@ -89,10 +89,7 @@ impl Default for Config {
 impl Config {
     /// A default configuration speaking `protocols`.
     pub fn with_protocols(protocols: Vec<Protocol>) -> Self {
-        Config {
-            protocols,
-            ..Config::default()
-        }
+        Config { protocols, ..Config::default() }
     }
 
     /// The record size actually used: `max_record_size` clamped to `64..=MAX_RECORD_PLAINTEXT`.

@@ -119,9 +119,7 @@ impl HandshakeError {
             HandshakeError::UnexpectedFrame(_) | HandshakeError::Malformed => {
                 DisconnectReason::ProtocolViolation
             }
-            HandshakeError::Crypto(_) | HandshakeError::RetryExhausted => {
-                DisconnectReason::HandshakeFailed
-            }
+            HandshakeError::Crypto(_) | HandshakeError::RetryExhausted => DisconnectReason::HandshakeFailed,
         }
     }
 }
@@ -142,9 +140,13 @@ enum Role {
         noise: HandshakeState,
     },
     /// Waiting for a first frame (`retries` RETRY frames sent so far).
-    ResponderAwaitInit { retries: u8 },
+    ResponderAwaitInit {
+        retries: u8,
+    },
     /// Full path, message 2 sent, waiting for message 3.
-    ResponderAwaitFinish { noise: HandshakeState },
+    ResponderAwaitFinish {
+        noise: HandshakeState,
+    },
     /// Terminal placeholder while a transition is in progress.
     Done,
 }
@@ -181,9 +183,7 @@ impl Handshake {
 
     /// Starts an inbound handshake.
     pub(crate) fn respond() -> Self {
-        Handshake {
-            role: Role::ResponderAwaitInit { retries: 0 },
-        }
+        Handshake { role: Role::ResponderAwaitInit { retries: 0 } }
     }
 
     /// The node that was dialled, for outbound handshakes.
@@ -237,28 +237,13 @@ impl Handshake {
                 // Checked above: the resumed path always has a ticket.
                 let t = ticket.as_ref().ok_or(HandshakeError::RetryExhausted)?;
                 out.extend_from_slice(&t.id);
-                HandshakeState::new(
-                    pattern,
-                    true,
-                    &prologue(k, Some(&t.id)),
-                    None,
-                    None,
-                    Some(t.secret),
-                )
+                HandshakeState::new(pattern, true, &prologue(k, Some(&t.id)), None, None, Some(t.secret))
             }
         };
         // The full path's first message carries no payload (it would be in clear).
-        let payload = if path == HandshakePath::Full {
-            &[][..]
-        } else {
-            ctx.hello
-        };
+        let payload = if path == HandshakePath::Full { &[][..] } else { ctx.hello };
         noise.write_message(payload, out, ctx.rng)?;
-        self.role = Role::Initiator {
-            target,
-            path,
-            noise,
-        };
+        self.role = Role::Initiator { target, path, noise };
         Ok(())
     }
 
@@ -277,11 +262,7 @@ impl Handshake {
             return Err(HandshakeError::Rejected(DisconnectReason::from_code(code)));
         }
         match core::mem::replace(&mut self.role, Role::Done) {
-            Role::Initiator {
-                target,
-                path,
-                mut noise,
-            } => match k {
+            Role::Initiator { target, path, mut noise } => match k {
                 kind::RESPONSE => {
                     let mut remote_hello = Vec::new();
                     noise.read_message(body, &mut remote_hello)?;
@@ -296,12 +277,7 @@ impl Handshake {
                         (_, Some(rs)) => NodeId(rs),
                         (_, None) => return Err(HandshakeError::Malformed),
                     };
-                    Ok(Some(Completed {
-                        peer,
-                        path,
-                        keys: noise.finish(),
-                        remote_hello,
-                    }))
+                    Ok(Some(Completed { peer, path, keys: noise.finish(), remote_hello }))
                 }
                 kind::RETRY => {
                     let next = match path {
@@ -338,12 +314,7 @@ impl Handshake {
                 let mut remote_hello = Vec::new();
                 noise.read_message(body, &mut remote_hello)?;
                 let peer = NodeId(noise.remote_static().ok_or(HandshakeError::Malformed)?);
-                Ok(Some(Completed {
-                    peer,
-                    path: HandshakePath::Full,
-                    keys: noise.finish(),
-                    remote_hello,
-                }))
+                Ok(Some(Completed { peer, path: HandshakePath::Full, keys: noise.finish(), remote_hello }))
             }
             Role::Done => Err(HandshakeError::UnexpectedFrame(k)),
         }
@@ -359,9 +330,7 @@ impl Handshake {
             return Err(HandshakeError::RetryExhausted);
         }
         out.push(alloc::vec![kind::RETRY, cause]);
-        self.role = Role::ResponderAwaitInit {
-            retries: retries + 1,
-        };
+        self.role = Role::ResponderAwaitInit { retries: retries + 1 };
         Ok(None)
     }
 
@@ -418,9 +387,7 @@ impl Handshake {
                 );
                 match noise.read_message(msg, &mut remote_hello) {
                     Ok(()) => {}
-                    Err(CryptoError::Decrypt) => {
-                        return self.retry(retry::UNKNOWN_TICKET, retries, out)
-                    }
+                    Err(CryptoError::Decrypt) => return self.retry(retry::UNKNOWN_TICKET, retries, out),
                     Err(e) => return Err(e.into()),
                 }
                 (noise, HandshakePath::Resumed, Some(peer))
@@ -435,11 +402,6 @@ impl Handshake {
             Some(p) => p,
             None => NodeId(noise.remote_static().ok_or(HandshakeError::Malformed)?),
         };
-        Ok(Some(Completed {
-            peer,
-            path,
-            keys: noise.finish(),
-            remote_hello,
-        }))
+        Ok(Some(Completed { peer, path, keys: noise.finish(), remote_hello }))
     }
 }

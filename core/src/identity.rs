@@ -82,16 +82,12 @@ pub struct Keypair {
 impl Keypair {
     /// Draws a new keypair from `rng`.
     pub fn generate(rng: &mut dyn CryptoRngCore) -> Self {
-        Keypair {
-            dh: DhKeypair::generate(rng),
-        }
+        Keypair { dh: DhKeypair::generate(rng) }
     }
 
     /// Rebuilds a keypair from its 32-byte secret.
     pub fn from_secret_bytes(secret: [u8; 32]) -> Self {
-        Keypair {
-            dh: DhKeypair::from_secret(secret),
-        }
+        Keypair { dh: DhKeypair::from_secret(secret) }
     }
 
     /// The 32-byte secret, for storing the identity.
@@ -107,9 +103,7 @@ impl Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keypair")
-            .field("node_id", &self.node_id())
-            .finish_non_exhaustive()
+        f.debug_struct("Keypair").field("node_id", &self.node_id()).finish_non_exhaustive()
     }
 }
 

@@ -25,9 +25,7 @@ pub struct Ticket {
 
 impl core::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Ticket")
-            .field("expires", &self.expires)
-            .finish_non_exhaustive()
+        f.debug_struct("Ticket").field("expires", &self.expires).finish_non_exhaustive()
     }
 }
 
@@ -39,11 +37,7 @@ impl Ticket {
         let (secret, id_full) = hkdf2(seed, b"devp2p/1 resumption");
         let mut id = [0u8; TICKET_ID_LEN];
         id.copy_from_slice(&id_full[..TICKET_ID_LEN]);
-        Ticket {
-            id,
-            secret,
-            expires,
-        }
+        Ticket { id, secret, expires }
     }
 }
 
@@ -63,11 +57,7 @@ impl TicketStore {
             return;
         }
         while self.by_peer.len() >= max {
-            let oldest = self
-                .by_peer
-                .iter()
-                .min_by_key(|(_, t)| t.expires)
-                .map(|(p, _)| *p);
+            let oldest = self.by_peer.iter().min_by_key(|(_, t)| t.expires).map(|(p, _)| *p);
             match oldest {
                 Some(p) => self.remove_peer(&p),
                 None => break,
@@ -85,11 +75,7 @@ impl TicketStore {
     }
 
     /// Removes and returns the valid ticket with identifier `id` and its peer.
-    pub(crate) fn take_by_id(
-        &mut self,
-        id: &[u8; TICKET_ID_LEN],
-        now: Instant,
-    ) -> Option<(NodeId, Ticket)> {
+    pub(crate) fn take_by_id(&mut self, id: &[u8; TICKET_ID_LEN], now: Instant) -> Option<(NodeId, Ticket)> {
         let peer = self.by_id.remove(id)?;
         let t = self.by_peer.remove(&peer)?;
         (t.expires > now).then_some((peer, t))
@@ -127,20 +113,10 @@ mod tests {
         let mut s = TicketStore::default();
         let t = Ticket::derive(&[1; 32], Instant::from_nanos(100));
         s.insert(node(1), t.clone(), 10);
-        assert_eq!(
-            s.take_by_id(&t.id, Instant::from_nanos(5)).map(|x| x.0),
-            Some(node(1))
-        );
-        assert!(
-            s.take_by_id(&t.id, Instant::from_nanos(5)).is_none(),
-            "single use"
-        );
+        assert_eq!(s.take_by_id(&t.id, Instant::from_nanos(5)).map(|x| x.0), Some(node(1)));
+        assert!(s.take_by_id(&t.id, Instant::from_nanos(5)).is_none(), "single use");
         s.insert(node(1), t.clone(), 10);
-        assert!(
-            s.take_for_peer(&node(1), Instant::from_nanos(100))
-                .is_none(),
-            "expired"
-        );
+        assert!(s.take_for_peer(&node(1), Instant::from_nanos(100)).is_none(), "expired");
         assert_eq!(s.len(), 0);
     }
 
@@ -148,11 +124,7 @@ mod tests {
     fn bounded_with_oldest_evicted() {
         let mut s = TicketStore::default();
         for i in 0..5u8 {
-            s.insert(
-                node(i),
-                Ticket::derive(&[i; 32], Instant::from_nanos(u64::from(i) + 10)),
-                3,
-            );
+            s.insert(node(i), Ticket::derive(&[i; 32], Instant::from_nanos(u64::from(i) + 10)), 3);
         }
         assert_eq!(s.len(), 3);
         assert!(s.take_for_peer(&node(0), Instant::ZERO).is_none());

@@ -133,11 +133,7 @@ impl Node {
         rng: Box<dyn CryptoRngCore + Send>,
         _now: Instant,
     ) -> Result<Self, ConfigError> {
-        if config
-            .protocols
-            .iter()
-            .any(|p| p.name.is_empty() || p.name.len() > MAX_PROTOCOL_NAME)
-        {
+        if config.protocols.iter().any(|p| p.name.is_empty() || p.name.len() > MAX_PROTOCOL_NAME) {
             return Err(ConfigError::BadProtocolName);
         }
         if config.protocols.len() > usize::from(u16::MAX) {
@@ -196,13 +192,10 @@ impl Node {
 
     /// Payload bytes queued for `peer` and not yet written.
     pub fn queued_bytes(&self, peer: &NodeId) -> usize {
-        self.peers
-            .get(peer)
-            .and_then(|c| self.connections.get(c))
-            .map_or(0, |c| match &c.phase {
-                Phase::Established { session, .. } => session.queued_bytes,
-                Phase::Handshake(_) => 0,
-            })
+        self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
+            Phase::Established { session, .. } => session.queued_bytes,
+            Phase::Handshake(_) => 0,
+        })
     }
 
     /// Number of open connections, in any phase.
@@ -212,10 +205,7 @@ impl Node {
 
     /// Number of connections still handshaking.
     pub fn handshaking_count(&self) -> usize {
-        self.connections
-            .values()
-            .filter(|c| c.is_handshaking())
-            .count()
+        self.connections.values().filter(|c| c.is_handshaking()).count()
     }
 
     /// An upper bound of the bytes the node holds for connections: partial
@@ -245,8 +235,7 @@ impl Node {
     /// Tickets are single-use: the ones exported must not be used elsewhere.
     pub fn import_tickets(&mut self, tickets: impl IntoIterator<Item = (NodeId, Ticket)>) {
         for (p, t) in tickets {
-            self.tickets
-                .insert(p, t, self.config.max_resumption_tickets);
+            self.tickets.insert(p, t, self.config.max_resumption_tickets);
         }
     }
 
@@ -262,11 +251,7 @@ impl Node {
 
     // ----- commands -----
 
-    fn new_connection(
-        &mut self,
-        direction: Direction,
-        now: Instant,
-    ) -> Result<ConnectionId, ConnectError> {
+    fn new_connection(&mut self, direction: Direction, now: Instant) -> Result<ConnectionId, ConnectError> {
         if self.connections.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
@@ -295,11 +280,7 @@ impl Node {
     /// that node: a resumption ticket, else its key (introduced path);
     /// without, the full handshake. The first handshake frame is ready in
     /// `poll_transmit` on return.
-    pub fn connect(
-        &mut self,
-        target: Option<NodeId>,
-        now: Instant,
-    ) -> Result<ConnectionId, ConnectError> {
+    pub fn connect(&mut self, target: Option<NodeId>, now: Instant) -> Result<ConnectionId, ConnectError> {
         if target == Some(self.node_id()) {
             return Err(ConnectError::SelfConnect);
         }
@@ -322,14 +303,7 @@ impl Node {
                 conn.phase = Phase::Handshake(hs);
                 conn.push_plain_frame(&first);
             }
-            Err(e) => self.close(
-                id,
-                CloseCause {
-                    reason: e.reason(),
-                    remote: false,
-                },
-                now,
-            ),
+            Err(e) => self.close(id, CloseCause { reason: e.reason(), remote: false }, now),
         }
         Ok(id)
     }
@@ -351,10 +325,7 @@ impl Node {
         payload: Bytes,
     ) -> Result<(), SendError> {
         let id = *self.peers.get(peer).ok_or(SendError::NotConnected)?;
-        let conn = self
-            .connections
-            .get_mut(&id)
-            .ok_or(SendError::NotConnected)?;
+        let conn = self.connections.get_mut(&id).ok_or(SendError::NotConnected)?;
         let Phase::Established { session, .. } = &mut conn.phase else {
             return Err(SendError::NotConnected);
         };
@@ -362,8 +333,7 @@ impl Node {
             return Err(SendError::NotConnected);
         }
         let len = payload.len();
-        if session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer
-        {
+        if session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer {
             return Err(SendError::QueueFull);
         }
         if self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total {
@@ -378,41 +348,20 @@ impl Node {
     /// `PeerDisconnected`. Does nothing if the peer is not connected.
     pub fn disconnect(&mut self, peer: &NodeId, reason: DisconnectReason, now: Instant) {
         if let Some(&id) = self.peers.get(peer) {
-            self.close(
-                id,
-                CloseCause {
-                    reason,
-                    remote: false,
-                },
-                now,
-            );
+            self.close(id, CloseCause { reason, remote: false }, now);
         }
     }
 
     /// Closes one connection, in any phase, with `reason`.
     pub fn close_connection(&mut self, id: ConnectionId, reason: DisconnectReason, now: Instant) {
-        self.close(
-            id,
-            CloseCause {
-                reason,
-                remote: false,
-            },
-            now,
-        );
+        self.close(id, CloseCause { reason, remote: false }, now);
     }
 
     /// Disconnects every connection with [`DisconnectReason::Shutdown`].
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
         for id in ids {
-            self.close(
-                id,
-                CloseCause {
-                    reason: DisconnectReason::Shutdown,
-                    remote: false,
-                },
-                now,
-            );
+            self.close(id, CloseCause { reason: DisconnectReason::Shutdown, remote: false }, now);
         }
     }
 
@@ -430,9 +379,8 @@ impl Node {
             return;
         }
         let mut partial = core::mem::take(&mut conn.partial);
-        let result = Connection::split_frames(&mut partial, data, |frame| {
-            self.on_frame(id, &mut conn, frame, now)
-        });
+        let result =
+            Connection::split_frames(&mut partial, data, |frame| self.on_frame(id, &mut conn, frame, now));
         conn.partial = partial;
         self.connections.insert(id, conn);
         if let Err(cause) = result {
@@ -449,10 +397,7 @@ impl Node {
         now: Instant,
     ) -> Result<bool, CloseCause> {
         if frame.is_empty() {
-            return Err(CloseCause {
-                reason: DisconnectReason::ProtocolViolation,
-                remote: false,
-            });
+            return Err(CloseCause { reason: DisconnectReason::ProtocolViolation, remote: false });
         }
         match &mut conn.phase {
             Phase::Handshake(hs) => {
@@ -485,14 +430,8 @@ impl Node {
             Phase::Established { session, .. } => {
                 match session.read_record(frame, &self.config, now, &mut self.events) {
                     Ok(RecordOutcome::Continue) => Ok(true),
-                    Ok(RecordOutcome::RemoteDisconnect(reason)) => Err(CloseCause {
-                        reason,
-                        remote: true,
-                    }),
-                    Err(reason) => Err(CloseCause {
-                        reason,
-                        remote: false,
-                    }),
+                    Ok(RecordOutcome::RemoteDisconnect(reason)) => Err(CloseCause { reason, remote: true }),
+                    Err(reason) => Err(CloseCause { reason, remote: false }),
                 }
             }
         }
@@ -508,29 +447,15 @@ impl Node {
         done: Completed,
         now: Instant,
     ) -> Result<(), CloseCause> {
-        let Completed {
-            peer,
-            path,
-            keys,
-            remote_hello,
-        } = done;
-        let fail = |reason| CloseCause {
-            reason,
-            remote: false,
-        };
+        let Completed { peer, path, keys, remote_hello } = done;
+        let fail = |reason| CloseCause { reason, remote: false };
         let ticket = Ticket::derive(&keys.resumption_seed, now + self.config.resumption_lifetime);
-        self.tickets
-            .insert(peer, ticket, self.config.max_resumption_tickets);
+        self.tickets.insert(peer, ticket, self.config.max_resumption_tickets);
         let hello = Hello::decode(&remote_hello, self.config.max_peer_protocols);
-        let peer_max = hello
-            .as_ref()
-            .ok()
-            .and_then(|h| h.max_message_size)
-            .unwrap_or(self.config.max_message_size);
-        let shared = hello
-            .as_ref()
-            .map(|h| protocol::negotiate(&self.config.protocols, h))
-            .unwrap_or_default();
+        let peer_max =
+            hello.as_ref().ok().and_then(|h| h.max_message_size).unwrap_or(self.config.max_message_size);
+        let shared =
+            hello.as_ref().map(|h| protocol::negotiate(&self.config.protocols, h)).unwrap_or_default();
         let session = Session::new(
             (keys.send, keys.recv),
             peer,
@@ -540,18 +465,12 @@ impl Node {
             &self.config,
             now,
         );
-        conn.phase = Phase::Established {
-            session,
-            announced: false,
-        };
+        conn.phase = Phase::Established { session, announced: false };
         let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;
         if hello.wire_version != WIRE_VERSION {
             return Err(fail(DisconnectReason::IncompatibleVersion));
         }
-        let Phase::Established {
-            session, announced, ..
-        } = &mut conn.phase
-        else {
+        let Phase::Established { session, announced, .. } = &mut conn.phase else {
             unreachable!("set just above")
         };
         let protocols = session.protocols();
@@ -564,10 +483,7 @@ impl Node {
         if let Some(&other) = self.peers.get(&peer) {
             let me = self.node_id();
             let initiator = |d: Direction| if d == Direction::Outbound { me } else { peer };
-            let other_dir = self
-                .connections
-                .get(&other)
-                .map_or(Direction::Inbound, |c| c.direction);
+            let other_dir = self.connections.get(&other).map_or(Direction::Inbound, |c| c.direction);
             if initiator(conn.direction) < initiator(other_dir) {
                 self.close(other, fail(DisconnectReason::DuplicateConnection), now);
             } else {
@@ -588,14 +504,7 @@ impl Node {
 
     /// The transport of `id` was closed or reset by the other side or failed.
     pub fn handle_close(&mut self, id: ConnectionId, now: Instant) {
-        self.close(
-            id,
-            CloseCause {
-                reason: DisconnectReason::TransportClosed,
-                remote: true,
-            },
-            now,
-        );
+        self.close(id, CloseCause { reason: DisconnectReason::TransportClosed, remote: true }, now);
     }
 
     /// The buffer last returned by `poll_transmit` for `id` has been written;
@@ -637,14 +546,7 @@ impl Node {
             self.finish_close(id);
         }
         for (id, reason) in to_close {
-            self.close(
-                id,
-                CloseCause {
-                    reason,
-                    remote: false,
-                },
-                now,
-            );
+            self.close(id, CloseCause { reason, remote: false }, now);
         }
     }
 
@@ -661,11 +563,7 @@ impl Node {
             return;
         }
         match &mut conn.phase {
-            Phase::Established {
-                session,
-                announced: true,
-                ..
-            } => {
+            Phase::Established { session, announced: true, .. } => {
                 let (unsent, accounted) = session.take_unsent();
                 self.queued_total -= accounted;
                 let peer = session.peer;
@@ -679,25 +577,13 @@ impl Node {
                     unsent,
                 });
             }
-            Phase::Established {
-                session,
-                announced: false,
-                ..
-            } => {
+            Phase::Established { session, announced: false, .. } => {
                 let peer = Some(session.peer);
-                self.events.push_back(Event::ConnectionFailed {
-                    connection: id,
-                    peer,
-                    reason: cause.reason,
-                });
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
             }
             Phase::Handshake(hs) => {
                 let peer = hs.target();
-                self.events.push_back(Event::ConnectionFailed {
-                    connection: id,
-                    peer,
-                    reason: cause.reason,
-                });
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
             }
         }
         if cause.remote {
@@ -716,9 +602,7 @@ impl Node {
                 conn.push_plain_frame(&[hs_kind::REJECT, code]);
             }
         }
-        conn.closing = Some(Closing {
-            deadline: now + self.config.close_timeout,
-        });
+        conn.closing = Some(Closing { deadline: now + self.config.close_timeout });
         self.maybe_finish_close(id);
     }
 
@@ -772,14 +656,7 @@ impl Node {
         conn.write_in_flight = true;
         self.transmit_cursor = id;
         if failed {
-            self.close(
-                id,
-                CloseCause {
-                    reason: DisconnectReason::ProtocolViolation,
-                    remote: true,
-                },
-                now,
-            );
+            self.close(id, CloseCause { reason: DisconnectReason::ProtocolViolation, remote: true }, now);
         }
         Some(id)
     }

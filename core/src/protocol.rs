@@ -28,11 +28,7 @@ pub struct Protocol {
 impl Protocol {
     /// A protocol description.
     pub fn new(name: impl Into<String>, version: u32, message_count: u32) -> Self {
-        Protocol {
-            name: name.into(),
-            version,
-            message_count,
-        }
+        Protocol { name: name.into(), version, message_count }
     }
 }
 
@@ -152,19 +148,13 @@ impl Hello {
                     if hello.protocols.len() >= max_protocols {
                         return Err(HelloError::TooManyProtocols);
                     }
-                    let version =
-                        u32::try_from(value.varint()?).map_err(|_| HelloError::Truncated)?;
-                    let message_count =
-                        u32::try_from(value.varint()?).map_err(|_| HelloError::Truncated)?;
+                    let version = u32::try_from(value.varint()?).map_err(|_| HelloError::Truncated)?;
+                    let message_count = u32::try_from(value.varint()?).map_err(|_| HelloError::Truncated)?;
                     let name = value.remaining();
                     if name.is_empty() || name.len() > MAX_PROTOCOL_NAME {
                         return Err(HelloError::BadProtocolName);
                     }
-                    hello.protocols.push(Advertised {
-                        name: name.to_vec(),
-                        version,
-                        message_count,
-                    });
+                    hello.protocols.push(Advertised { name: name.to_vec(), version, message_count });
                 }
                 tag::MAX_MESSAGE_SIZE => hello.max_message_size = Some(value.varint()?),
                 _ => {} // unknown field: skipped
@@ -194,9 +184,7 @@ pub(crate) fn negotiate(local: &[Protocol], remote: &Hello) -> Vec<SharedProtoco
     let mut shared: Vec<(&[u8], u32, ProtocolId, u32)> = Vec::new();
     for (i, p) in local.iter().enumerate() {
         let matches = remote.protocols.iter().any(|r| {
-            r.name == p.name.as_bytes()
-                && r.version == p.version
-                && r.message_count == p.message_count
+            r.name == p.name.as_bytes() && r.version == p.version && r.message_count == p.message_count
         });
         if !matches {
             continue;
@@ -212,11 +200,7 @@ pub(crate) fn negotiate(local: &[Protocol], remote: &Hello) -> Vec<SharedProtoco
     shared
         .into_iter()
         .enumerate()
-        .map(|(i, (_, _, id, message_count))| SharedProtocol {
-            id,
-            channel: i as u32 + 1,
-            message_count,
-        })
+        .map(|(i, (_, _, id, message_count))| SharedProtocol { id, channel: i as u32 + 1, message_count })
         .collect()
 }
 
@@ -271,21 +255,10 @@ mod tests {
 
     #[test]
     fn highest_shared_version_wins() {
-        let local = vec![
-            Protocol::new("eth", 1, 8),
-            Protocol::new("eth", 2, 8),
-            Protocol::new("bzz", 1, 3),
-        ];
+        let local = vec![Protocol::new("eth", 1, 8), Protocol::new("eth", 2, 8), Protocol::new("bzz", 1, 3)];
         let remote = Hello::local(&[Protocol::new("eth", 1, 8), Protocol::new("eth", 2, 8)], 1);
         let s = negotiate(&local, &remote);
-        assert_eq!(
-            s,
-            vec![SharedProtocol {
-                id: ProtocolId(1),
-                channel: 1,
-                message_count: 8
-            }]
-        );
+        assert_eq!(s, vec![SharedProtocol { id: ProtocolId(1), channel: 1, message_count: 8 }]);
     }
 
     #[test]

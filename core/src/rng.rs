@@ -16,9 +16,7 @@ pub struct SeededRng {
 impl SeededRng {
     /// A generator whose output is a pure function of `seed`.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        SeededRng {
-            stream: ChaCha20::new(&seed.into(), &[0u8; 12].into()),
-        }
+        SeededRng { stream: ChaCha20::new(&seed.into(), &[0u8; 12].into()) }
     }
 
     /// A generator seeded from a 64-bit number, for tests and simulations.

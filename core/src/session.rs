@@ -116,12 +116,7 @@ impl Session {
             ping_counter: 0,
             rtt: None,
             last_recv: now,
-            rekey: RekeyState {
-                bytes: 0,
-                records: 0,
-                due: now + config.rekey_after_time,
-                queued: false,
-            },
+            rekey: RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false },
         }
     }
 
@@ -142,11 +137,7 @@ impl Session {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), crate::SendError> {
-        let channel = self
-            .channel_of
-            .get(protocol.0 as usize)
-            .copied()
-            .unwrap_or(0);
+        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
         if channel == 0 {
             return Err(crate::SendError::ProtocolNotShared);
         }
@@ -157,13 +148,7 @@ impl Session {
             return Err(crate::SendError::MessageTooLarge);
         }
         self.queued_bytes += payload.len();
-        self.queue.push_back(Outgoing {
-            channel,
-            protocol,
-            msg_type,
-            payload,
-            offset: 0,
-        });
+        self.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0 });
         Ok(())
     }
 
@@ -185,11 +170,7 @@ impl Session {
         let unsent = self
             .queue
             .drain(..)
-            .map(|m| UnsentMessage {
-                protocol: m.protocol,
-                msg_type: m.msg_type,
-                payload: m.payload,
-            })
+            .map(|m| UnsentMessage { protocol: m.protocol, msg_type: m.msg_type, payload: m.payload })
             .collect();
         (unsent, accounted)
     }
@@ -234,10 +215,7 @@ impl Session {
                     payload[..v.len()].copy_from_slice(&v);
                     v.len()
                 };
-                let st = Some(MessageStart {
-                    msg_type: c.msg_type(),
-                    total_len: plen as u64,
-                });
+                let st = Some(MessageStart { msg_type: c.msg_type(), total_len: plen as u64 });
                 let hl = chunk::data_header_len(0, st, plen as u64);
                 if buf.len() + hl + plen > limit {
                     break;
@@ -270,13 +248,7 @@ impl Session {
                 let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
                 let at = buf.len();
                 buf.resize(at + hl, 0);
-                chunk::write_data_header(
-                    &mut buf[at..],
-                    u64::from(m.channel),
-                    st,
-                    last,
-                    take as u64,
-                );
+                chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
                 buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
                 m.offset += take;
                 dequeued += take;
@@ -299,12 +271,8 @@ impl Session {
             self.rekey.records += 1;
             if rekey_here {
                 self.send.rekey();
-                self.rekey = RekeyState {
-                    bytes: 0,
-                    records: 0,
-                    due: now + config.rekey_after_time,
-                    queued: false,
-                };
+                self.rekey =
+                    RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false };
             }
         }
         self.queued_bytes -= dequeued;
@@ -326,23 +294,13 @@ impl Session {
         let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
-        self.recv
-            .open_in_place(&[], ct, &t)
-            .map_err(|_| DisconnectReason::DecryptFailed)?;
+        self.recv.open_in_place(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
         self.last_recv = now;
         let mut r = Reader::new(ct);
         let mut outcome = RecordOutcome::Continue;
         let mut rekey = false;
-        while let Some(c) =
-            chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)?
-        {
-            let Chunk::Data {
-                channel,
-                start,
-                last,
-                data,
-            } = c
-            else {
+        while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
+            let Chunk::Data { channel, start, last, data } = c else {
                 continue; // padding ends the loop by consuming the rest; extensions are skipped
             };
             if channel == 0 {
@@ -350,8 +308,8 @@ impl Session {
                 if !last || data.len() > MAX_CONTROL_PAYLOAD || st.total_len != data.len() as u64 {
                     return Err(DisconnectReason::ProtocolViolation);
                 }
-                let ctl = Control::decode(st.msg_type, data)
-                    .map_err(|_| DisconnectReason::ProtocolViolation)?;
+                let ctl =
+                    Control::decode(st.msg_type, data).map_err(|_| DisconnectReason::ProtocolViolation)?;
                 match ctl {
                     Control::Ping(token) => self.control.push_back(Control::Pong(token)),
                     Control::Pong(token) => {
@@ -362,9 +320,7 @@ impl Session {
                             }
                         }
                     }
-                    Control::Disconnect(reason) => {
-                        outcome = RecordOutcome::RemoteDisconnect(reason)
-                    }
+                    Control::Disconnect(reason) => outcome = RecordOutcome::RemoteDisconnect(reason),
                     Control::Rekey => rekey = true,
                     Control::Unknown => {}
                 }
@@ -388,10 +344,7 @@ impl Session {
         events: &mut VecDeque<Event>,
     ) -> Result<(), DisconnectReason> {
         let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
-        let shared = *self
-            .channels
-            .get(idx)
-            .ok_or(DisconnectReason::UnknownMessageType)?;
+        let shared = *self.channels.get(idx).ok_or(DisconnectReason::UnknownMessageType)?;
         let slot = &mut self.reassembly[idx];
         let partial = match (start, slot.take()) {
             (Some(_), Some(_)) | (None, None) => return Err(DisconnectReason::ProtocolViolation),
@@ -421,11 +374,7 @@ impl Session {
                     return Err(DisconnectReason::ResourceLimit);
                 }
                 self.reassembly_bytes += total;
-                Partial {
-                    msg_type,
-                    total,
-                    buf: Vec::with_capacity(total),
-                }
+                Partial { msg_type, total, buf: Vec::with_capacity(total) }
             }
         };
         let mut p = partial;
@@ -461,11 +410,7 @@ impl Session {
     }
 
     /// Handles timer expiry: keepalive, rekey and the idle timeout.
-    pub(crate) fn handle_timeout(
-        &mut self,
-        config: &Config,
-        now: Instant,
-    ) -> Result<(), DisconnectReason> {
+    pub(crate) fn handle_timeout(&mut self, config: &Config, now: Instant) -> Result<(), DisconnectReason> {
         if now >= self.last_recv + config.idle_timeout {
             return Err(DisconnectReason::IdleTimeout);
         }

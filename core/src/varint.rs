@@ -142,10 +142,7 @@ mod tests {
     fn rfc9000_examples() {
         let mut r = Reader::new(&[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c]);
         assert_eq!(r.varint(), Ok(151_288_809_941_952_652));
-        assert_eq!(
-            Reader::new(&[0x9d, 0x7f, 0x3e, 0x7d]).varint(),
-            Ok(494_878_333)
-        );
+        assert_eq!(Reader::new(&[0x9d, 0x7f, 0x3e, 0x7d]).varint(), Ok(494_878_333));
         assert_eq!(Reader::new(&[0x7b, 0xbd]).varint(), Ok(15_293));
         assert_eq!(Reader::new(&[0x25]).varint(), Ok(37));
         assert_eq!(Reader::new(&[0x40]).varint(), Err(UnexpectedEnd));

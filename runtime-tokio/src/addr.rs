@@ -49,17 +49,12 @@ impl FromStr for PeerAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, rest) = match s.split_once('@') {
             Some((id, rest)) => (
-                Some(
-                    NodeId::from_hex(id)
-                        .ok_or_else(|| ParseAddrError(format!("bad node id in {s}")))?,
-                ),
+                Some(NodeId::from_hex(id).ok_or_else(|| ParseAddrError(format!("bad node id in {s}")))?),
                 rest,
             ),
             None => (None, s),
         };
-        let addr = rest
-            .parse()
-            .map_err(|_| ParseAddrError(format!("bad socket address in {s}")))?;
+        let addr = rest.parse().map_err(|_| ParseAddrError(format!("bad socket address in {s}")))?;
         Ok(PeerAddr { id, addr })
     }
 }

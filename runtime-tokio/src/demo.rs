@@ -46,9 +46,8 @@ fn protocols() -> Vec<Protocol> {
 async fn start(key: Keypair, port4: u16) -> std::io::Result<DemoNode> {
     let mut core = Config::with_protocols(protocols());
     core.keepalive_interval = Duration::from_millis(100);
-    let mut cfg = NodeConfig::new(core)
-        .keypair(key.clone())
-        .listen(SocketAddr::from(([127, 0, 0, 1], port4)));
+    let mut cfg =
+        NodeConfig::new(core).keypair(key.clone()).listen(SocketAddr::from(([127, 0, 0, 1], port4)));
     // IPv6 loopback too, where the machine has it.
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         cfg = cfg.listen("[::1]:0".parse().expect("literal"));
@@ -79,11 +78,7 @@ impl DemoNode {
         self.log.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    async fn wait_for(
-        &self,
-        what: &str,
-        mut f: impl FnMut(&[Event]) -> bool,
-    ) -> Result<(), String> {
+    async fn wait_for(&self, what: &str, mut f: impl FnMut(&[Event]) -> bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if f(&self.events()) {
@@ -111,12 +106,7 @@ fn record_path(s: &mut Summary, node: &DemoNode, peer: NodeId, print: bool) {
     if let Some(p) = path {
         *s.paths.entry(path_name(p).to_string()).or_default() += 1;
         if print {
-            println!(
-                "  connected {:?} -> {:?} by the {} path",
-                node.node.node_id(),
-                peer,
-                path_name(p)
-            );
+            println!("  connected {:?} -> {:?} by the {} path", node.node.node_id(), peer, path_name(p));
         }
     }
 }
@@ -125,17 +115,10 @@ fn record_path(s: &mut Summary, node: &DemoNode, peer: NodeId, print: bool) {
 pub async fn run(n: usize) -> Result<Summary, String> {
     let n = n.max(3);
     let t0 = Instant::now();
-    let mut s = Summary {
-        nodes: n,
-        ..Summary::default()
-    };
+    let mut s = Summary { nodes: n, ..Summary::default() };
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(
-            start(Keypair::generate(&mut OsRng), 0)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        nodes.push(start(Keypair::generate(&mut OsRng), 0).await.map_err(|e| e.to_string())?);
     }
     println!("started {n} nodes:");
     for d in &nodes {
@@ -144,11 +127,7 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     let err = |e: crate::DialError| e.to_string();
 
     println!("1. node 0 dials node 1 by address only: full handshake");
-    let p1 = nodes[0]
-        .node
-        .dial(nodes[1].plain_addr())
-        .await
-        .map_err(err)?;
+    let p1 = nodes[0].node.dial(nodes[1].plain_addr()).await.map_err(err)?;
     record_path(&mut s, &nodes[0], p1, true);
 
     println!("2. node 0 dials node 2 by NODEID@address: introduced 1-RTT handshake");
@@ -158,22 +137,13 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     println!("3. node 0 drops node 1 and redials it: resumption keyed by the last session");
     nodes[0].node.disconnect(p1).await;
     nodes[1]
-        .wait_for("disconnect", |ev| {
-            ev.iter()
-                .any(|e| matches!(e, Event::PeerDisconnected { .. }))
-        })
+        .wait_for("disconnect", |ev| ev.iter().any(|e| matches!(e, Event::PeerDisconnected { .. })))
         .await?;
     nodes[0].node.dial(nodes[1].addr()).await.map_err(err)?;
     record_path(&mut s, &nodes[0], p1, true);
 
-    println!(
-        "4. node {} dials node 1 with a stale node ID: introduced fails, falls back to full",
-        n - 1
-    );
-    let stale = PeerAddr::with_id(
-        Keypair::generate(&mut OsRng).node_id(),
-        nodes[1].addr().addr,
-    );
+    println!("4. node {} dials node 1 with a stale node ID: introduced fails, falls back to full", n - 1);
+    let stale = PeerAddr::with_id(Keypair::generate(&mut OsRng).node_id(), nodes[1].addr().addr);
     let got = nodes[n - 1].node.dial(stale).await.map_err(err)?;
     record_path(&mut s, &nodes[n - 1], got, true);
 
@@ -182,8 +152,7 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     nodes[2].node.shutdown().await;
     nodes[0]
         .wait_for("node 2 gone", |ev| {
-            ev.iter()
-                .any(|e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == p2))
+            ev.iter().any(|e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == p2))
         })
         .await?;
     let key2 = nodes[2].key.clone();
@@ -200,8 +169,7 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     for d in &nodes {
         for e in d.events() {
             if let Event::HandshakeDowngraded { from, to, .. } = e {
-                s.downgrades
-                    .push(format!("{} -> {}", path_name(from), path_name(to)));
+                s.downgrades.push(format!("{} -> {}", path_name(from), path_name(to)));
             }
         }
     }
@@ -211,23 +179,12 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     for (i, d) in nodes.iter().enumerate() {
         for peer in d.node.peers().await {
             for k in 0..200u32 {
-                let (proto, ty) = if k % 2 == 0 {
-                    (ProtocolId(0), 0)
-                } else {
-                    (ProtocolId(1), 3)
-                };
-                let payload =
-                    Bytes::from(format!("{i}:{k}:{}", "x".repeat((k as usize * 37) % 3000)));
-                d.node
-                    .send(peer, proto, ty, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (proto, ty) = if k % 2 == 0 { (ProtocolId(0), 0) } else { (ProtocolId(1), 3) };
+                let payload = Bytes::from(format!("{i}:{k}:{}", "x".repeat((k as usize * 37) % 3000)));
+                d.node.send(peer, proto, ty, payload).await.map_err(|e| e.to_string())?;
                 s.sent += 1;
             }
-            let j = nodes
-                .iter()
-                .position(|x| x.node.node_id() == peer)
-                .ok_or("unknown peer")?;
+            let j = nodes.iter().position(|x| x.node.node_id() == peer).ok_or("unknown peer")?;
             *expected.entry((j, d.node.node_id())).or_default() += 200;
         }
     }
@@ -235,26 +192,18 @@ pub async fn run(n: usize) -> Result<Summary, String> {
         let from = *from;
         nodes[*j]
             .wait_for("messages", |ev| {
-                ev.iter()
-                    .filter(|e| matches!(e, Event::Message { peer, .. } if *peer == from))
-                    .count()
+                ev.iter().filter(|e| matches!(e, Event::Message { peer, .. } if *peer == from)).count()
                     >= *count
             })
             .await?;
-        let sender = nodes
-            .iter()
-            .position(|x| x.node.node_id() == from)
-            .ok_or("unknown sender")?;
+        let sender = nodes.iter().position(|x| x.node.node_id() == from).ok_or("unknown sender")?;
         let mut next = 0u32;
         for e in nodes[*j].events() {
             if let Event::Message { peer, payload, .. } = e {
                 if peer != from {
                     continue;
                 }
-                let want = format!(
-                    "{sender}:{next}:{}",
-                    "x".repeat((next as usize * 37) % 3000)
-                );
+                let want = format!("{sender}:{next}:{}", "x".repeat((next as usize * 37) % 3000));
                 if payload == want.as_bytes() {
                     s.received += 1;
                 } else {
@@ -286,15 +235,9 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     for d in &s.downgrades {
         println!("  downgrade: {d}");
     }
-    println!(
-        "  messages: {} sent, {} received intact and in order, {} bad",
-        s.sent, s.received, s.corrupt
-    );
+    println!("  messages: {} sent, {} received intact and in order, {} bad", s.sent, s.received, s.corrupt);
     if let (Some(lo), Some(hi)) = (s.rtts_us.first(), s.rtts_us.last()) {
-        println!(
-            "  keepalive RTT: {lo}..{hi} µs over {} links",
-            s.rtts_us.len()
-        );
+        println!("  keepalive RTT: {lo}..{hi} µs over {} links", s.rtts_us.len());
     }
     println!("  wall time: {:.2?}", s.elapsed);
     Ok(s)

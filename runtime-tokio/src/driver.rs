@@ -48,11 +48,7 @@ pub(crate) enum Command {
 /// Something that happened on a socket.
 enum Input {
     Accepted(TcpStream),
-    Connected {
-        stream: TcpStream,
-        target: Option<NodeId>,
-        reply: oneshot::Sender<Result<NodeId, DialError>>,
-    },
+    Connected { stream: TcpStream, target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, DialError>> },
     Data(ConnectionId, Vec<u8>),
     Eof(ConnectionId),
     Written(ConnectionId, Vec<u8>),
@@ -213,13 +209,7 @@ impl Driver {
                 tokio::spawn(async move {
                     match TcpStream::connect(addr.addr).await {
                         Ok(stream) => {
-                            let _ = tx
-                                .send(Input::Connected {
-                                    stream,
-                                    target: addr.id,
-                                    reply,
-                                })
-                                .await;
+                            let _ = tx.send(Input::Connected { stream, target: addr.id, reply }).await;
                         }
                         Err(e) => {
                             let _ = reply.send(Err(DialError::Io(e)));
@@ -227,32 +217,16 @@ impl Driver {
                     }
                 });
             }
-            Command::Send {
-                peer,
-                protocol,
-                msg_type,
-                payload,
-                reply,
-            } => {
+            Command::Send { peer, protocol, msg_type, payload, reply } => {
                 // Keep order behind sends already waiting for this peer.
                 if self.pending.iter().any(|p| p.peer == peer) {
-                    self.pending.push_back(PendingSend {
-                        peer,
-                        protocol,
-                        msg_type,
-                        payload,
-                        reply,
-                    });
+                    self.pending.push_back(PendingSend { peer, protocol, msg_type, payload, reply });
                     return;
                 }
                 match self.core.send(&peer, protocol, msg_type, payload.clone()) {
-                    Err(SendError::QueueFull) => self.pending.push_back(PendingSend {
-                        peer,
-                        protocol,
-                        msg_type,
-                        payload,
-                        reply,
-                    }),
+                    Err(SendError::QueueFull) => {
+                        self.pending.push_back(PendingSend { peer, protocol, msg_type, payload, reply })
+                    }
                     r => {
                         let _ = reply.send(r);
                     }
@@ -260,8 +234,7 @@ impl Driver {
             }
             Command::Disconnect { peer } => {
                 let now = self.now();
-                self.core
-                    .disconnect(&peer, DisconnectReason::Requested, now);
+                self.core.disconnect(&peer, DisconnectReason::Requested, now);
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.core.peers().collect());
@@ -311,13 +284,7 @@ impl Driver {
                 }
             }
         });
-        self.conns.insert(
-            id,
-            ConnIo {
-                writer: wtx,
-                reader,
-            },
-        );
+        self.conns.insert(id, ConnIo { writer: wtx, reader });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -332,11 +299,7 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "inbound connection refused"),
                 }
             }
-            Input::Connected {
-                stream,
-                target,
-                reply,
-            } => {
+            Input::Connected { stream, target, reply } => {
                 if self.stopping {
                     let _ = reply.send(Err(DialError::Stopped));
                     return;
@@ -371,10 +334,7 @@ impl Driver {
                 keep.push_back(p);
                 continue;
             }
-            match self
-                .core
-                .send(&p.peer, p.protocol, p.msg_type, p.payload.clone())
-            {
+            match self.core.send(&p.peer, p.protocol, p.msg_type, p.payload.clone()) {
                 Err(SendError::QueueFull) => {
                     blocked.push(p.peer);
                     keep.push_back(p);
@@ -417,8 +377,7 @@ impl Driver {
                     // Dropping the writer's sender lets it finish and shut down.
                 }
                 if let Some(reply) = self.dials.remove(&id) {
-                    let _ =
-                        reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
+                    let _ = reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
                 }
             }
             while let Some(ev) = self.core.poll_event() {
@@ -436,23 +395,13 @@ impl Driver {
 
     fn route_event(&mut self, ev: &Event) {
         match ev {
-            Event::PeerConnected {
-                peer,
-                connection,
-                path,
-                direction,
-                ..
-            } => {
+            Event::PeerConnected { peer, connection, path, direction, .. } => {
                 tracing::info!(%peer, ?path, ?direction, "peer connected");
                 if let Some(reply) = self.dials.remove(connection) {
                     let _ = reply.send(Ok(*peer));
                 }
             }
-            Event::ConnectionFailed {
-                connection,
-                reason,
-                peer,
-            } => {
+            Event::ConnectionFailed { connection, reason, peer } => {
                 tracing::info!(conn = %connection, %reason, "connection failed");
                 if let Some(reply) = self.dials.remove(connection) {
                     let r = match peer {
@@ -467,12 +416,7 @@ impl Driver {
                     let _ = reply.send(r);
                 }
             }
-            Event::PeerDisconnected {
-                peer,
-                reason,
-                unsent,
-                ..
-            } => {
+            Event::PeerDisconnected { peer, reason, unsent, .. } => {
                 tracing::info!(%peer, %reason, unsent = unsent.len(), "peer disconnected");
             }
             Event::HandshakeDowngraded { peer, from, to, .. } => {

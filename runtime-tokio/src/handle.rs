@@ -34,12 +34,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A configuration with a fresh identity and no listener.
     pub fn new(core: Config) -> Self {
-        NodeConfig {
-            core,
-            keypair: None,
-            listen: Vec::new(),
-            event_capacity: 1024,
-        }
+        NodeConfig { core, keypair: None, listen: Vec::new(), event_capacity: 1024 }
     }
 
     /// Adds a listen address.
@@ -139,20 +134,14 @@ pub struct Node {
 
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Node")
-            .field("id", &self.inner.id)
-            .field("listen", &self.inner.listen_addrs)
-            .finish()
+        f.debug_struct("Node").field("id", &self.inner.id).field("listen", &self.inner.listen_addrs).finish()
     }
 }
 
 impl Node {
     /// Binds the listeners and starts the node on the current tokio runtime.
     pub async fn spawn(config: NodeConfig) -> io::Result<(Node, Events)> {
-        let keypair = config
-            .keypair
-            .clone()
-            .unwrap_or_else(|| Keypair::generate(&mut OsRng));
+        let keypair = config.keypair.clone().unwrap_or_else(|| Keypair::generate(&mut OsRng));
         let id = keypair.node_id();
         let mut listeners = Vec::new();
         let mut listen_addrs = Vec::new();
@@ -161,29 +150,15 @@ impl Node {
             listen_addrs.push(l.local_addr()?);
             listeners.push(l);
         }
-        let core = devp2p_core::Node::new(
-            config.core.clone(),
-            keypair,
-            Box::new(OsRng),
-            devp2p_core::Instant::ZERO,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let core =
+            devp2p_core::Node::new(config.core.clone(), keypair, Box::new(OsRng), devp2p_core::Instant::ZERO)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners);
         let task = tokio::spawn(driver.run());
-        let inner = Inner {
-            cmd: cmd_tx,
-            id,
-            listen_addrs,
-            task: Mutex::new(Some(task)),
-        };
-        Ok((
-            Node {
-                inner: Arc::new(inner),
-            },
-            Events { rx: ev_rx },
-        ))
+        let inner = Inner { cmd: cmd_tx, id, listen_addrs, task: Mutex::new(Some(task)) };
+        Ok((Node { inner: Arc::new(inner) }, Events { rx: ev_rx }))
     }
 
     /// This node's ID.
@@ -199,10 +174,7 @@ impl Node {
     /// The address other nodes dial to reach this one via its first listener,
     /// with the node ID (`NODEID@host:port`).
     pub fn peer_addr(&self) -> Option<PeerAddr> {
-        self.inner
-            .listen_addrs
-            .first()
-            .map(|a| PeerAddr::with_id(self.inner.id, *a))
+        self.inner.listen_addrs.first().map(|a| PeerAddr::with_id(self.inner.id, *a))
     }
 
     async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -215,9 +187,7 @@ impl Node {
     /// address the 1-RTT paths are tried first (resumption, then the
     /// introduced key), falling back as SPEC.md describes.
     pub async fn dial(&self, addr: PeerAddr) -> Result<NodeId, DialError> {
-        self.request(|reply| Command::Dial { addr, reply })
-            .await
-            .unwrap_or(Err(DialError::Stopped))
+        self.request(|reply| Command::Dial { addr, reply }).await.unwrap_or(Err(DialError::Stopped))
     }
 
     /// Sends a message. Waits while the peer's send queue is full
@@ -230,16 +200,10 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.request(|reply| Command::Send {
-            peer,
-            protocol,
-            msg_type,
-            payload,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(SendError::NotConnected))
-        .map_err(NodeError::Send)
+        self.request(|reply| Command::Send { peer, protocol, msg_type, payload, reply })
+            .await
+            .unwrap_or(Err(SendError::NotConnected))
+            .map_err(NodeError::Send)
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.
@@ -249,16 +213,12 @@ impl Node {
 
     /// The connected peers.
     pub async fn peers(&self) -> Vec<NodeId> {
-        self.request(|reply| Command::Peers { reply })
-            .await
-            .unwrap_or_default()
+        self.request(|reply| Command::Peers { reply }).await.unwrap_or_default()
     }
 
     /// The last keepalive round-trip time to `peer`.
     pub async fn rtt(&self, peer: NodeId) -> Option<Duration> {
-        self.request(|reply| Command::Rtt { peer, reply })
-            .await
-            .flatten()
+        self.request(|reply| Command::Rtt { peer, reply }).await.flatten()
     }
 
     /// Disconnects every peer with `Shutdown`, flushes, closes the sockets

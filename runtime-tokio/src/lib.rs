@@ -36,7 +36,7 @@ pub mod demo;
 
 pub use addr::{ParseAddrError, PeerAddr};
 pub use devp2p_core::{
-    Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
-    NodeId, Protocol, ProtocolId, SendError, UnsentMessage,
+    Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair, NodeId,
+    Protocol, ProtocolId, SendError, UnsentMessage,
 };
 pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

@@ -5,17 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use devp2p_tokio::{
-    Bytes, Config, Event, Keypair, Node, NodeConfig, PeerAddr, Protocol, ProtocolId,
-};
+use devp2p_tokio::{Bytes, Config, Event, Keypair, Node, NodeConfig, PeerAddr, Protocol, ProtocolId};
 use rand_core::OsRng;
 
 #[derive(Parser)]
-#[command(
-    name = "devp2p",
-    version,
-    about = "devp2p: encrypted typed datagrams between peers"
-)]
+#[command(name = "devp2p", version, about = "devp2p: encrypted typed datagrams between peers")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -103,11 +97,7 @@ fn keygen(out: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-async fn node(
-    listen: Vec<SocketAddr>,
-    dial: Vec<PeerAddr>,
-    key: Option<String>,
-) -> Result<(), String> {
+async fn node(listen: Vec<SocketAddr>, dial: Vec<PeerAddr>, key: Option<String>) -> Result<(), String> {
     let core = Config::with_protocols(vec![Protocol::new("chat", 1, 1)]);
     let mut cfg = NodeConfig::new(core);
     cfg.listen = listen;

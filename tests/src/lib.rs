@@ -6,17 +6,12 @@ use devp2p_tokio::{Config, Event, Events, Keypair, Node, NodeConfig, Protocol};
 
 /// The protocols every test node registers.
 pub fn protocols() -> Vec<Protocol> {
-    vec![
-        Protocol::new("chat", 1, 4),
-        Protocol::new("blocks", 1, 8),
-        Protocol::new("state", 2, 2),
-    ]
+    vec![Protocol::new("chat", 1, 4), Protocol::new("blocks", 1, 8), Protocol::new("state", 2, 2)]
 }
 
 /// Starts a tokio node listening on `listen`.
 pub async fn spawn(listen: &str) -> (Node, Events) {
-    let cfg =
-        NodeConfig::new(Config::with_protocols(protocols())).listen(listen.parse().expect("addr"));
+    let cfg = NodeConfig::new(Config::with_protocols(protocols())).listen(listen.parse().expect("addr"));
     Node::spawn(cfg).await.expect("spawn")
 }
 

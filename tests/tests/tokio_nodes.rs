@@ -14,11 +14,7 @@ fn payload(i: u32) -> Bytes {
         1..=9 => 64 << 10,
         _ => (i as usize * 7919) % 4096,
     };
-    Bytes::from(
-        (0..len)
-            .map(|j| (i as usize * 131 + j) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    Bytes::from((0..len).map(|j| (i as usize * 131 + j) as u8).collect::<Vec<u8>>())
 }
 
 fn route(i: u32) -> (ProtocolId, u32) {
@@ -63,13 +59,7 @@ async fn exchange_10k(listen: &str) {
                 .await
                 .expect("timely")
                 .expect("open");
-            if let Event::Message {
-                peer,
-                protocol,
-                msg_type,
-                payload: got,
-            } = e
-            {
+            if let Event::Message { peer, protocol, msg_type, payload: got } = e {
                 assert_eq!(peer, from);
                 let i = next + offset;
                 assert_eq!((protocol, msg_type), route(i), "message {next} route");
@@ -87,12 +77,7 @@ async fn exchange_10k(listen: &str) {
     let mut eb = rb;
     let e = expect_event(&mut eb, |e| matches!(e, Event::PeerDisconnected { .. })).await;
     match e {
-        Event::PeerDisconnected {
-            reason,
-            remote,
-            unsent,
-            ..
-        } => {
+        Event::PeerDisconnected { reason, remote, unsent, .. } => {
             assert_eq!(reason, DisconnectReason::Shutdown);
             assert!(remote);
             assert!(unsent.is_empty());
@@ -134,36 +119,17 @@ async fn every_handshake_path_and_both_downgrades() {
 
     // Full: dialled by address only.
     a.dial(PeerAddr::from(b_addr.addr)).await.expect("full");
-    assert_eq!(
-        path_of(&expect_event(&mut ea, |e| path_of(e).is_some()).await),
-        Some(HandshakePath::Full)
-    );
-    assert_eq!(
-        path_of(&expect_event(&mut eb, |e| path_of(e).is_some()).await),
-        Some(HandshakePath::Full)
-    );
+    assert_eq!(path_of(&expect_event(&mut ea, |e| path_of(e).is_some()).await), Some(HandshakePath::Full));
+    assert_eq!(path_of(&expect_event(&mut eb, |e| path_of(e).is_some()).await), Some(HandshakePath::Full));
 
     // Resumed: redialled by NODEID@address after a disconnect.
     a.disconnect(b_id).await;
     expect_event(&mut eb, |e| matches!(e, Event::PeerDisconnected { .. })).await;
     expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { .. })).await;
     a.dial(b_addr).await.expect("resume");
-    assert_eq!(
-        path_of(&expect_event(&mut ea, |e| path_of(e).is_some()).await),
-        Some(HandshakePath::Resumed)
-    );
-    assert_eq!(
-        path_of(&expect_event(&mut eb, |e| path_of(e).is_some()).await),
-        Some(HandshakePath::Resumed)
-    );
-    a.send(
-        b_id,
-        ProtocolId(0),
-        1,
-        Bytes::from_static(b"after resumption"),
-    )
-    .await
-    .expect("send");
+    assert_eq!(path_of(&expect_event(&mut ea, |e| path_of(e).is_some()).await), Some(HandshakePath::Resumed));
+    assert_eq!(path_of(&expect_event(&mut eb, |e| path_of(e).is_some()).await), Some(HandshakePath::Resumed));
+    a.send(b_id, ProtocolId(0), 1, Bytes::from_static(b"after resumption")).await.expect("send");
     expect_event(
         &mut eb,
         |e| matches!(e, Event::Message { payload, .. } if payload == &b"after resumption"[..]),
@@ -179,45 +145,28 @@ async fn every_handshake_path_and_both_downgrades() {
     );
 
     // Introduced → full: C dials A naming a stale key.
-    let stale = PeerAddr::with_id(
-        Keypair::from_secret_bytes([9; 32]).node_id(),
-        a.peer_addr().expect("addr").addr,
-    );
+    let stale =
+        PeerAddr::with_id(Keypair::from_secret_bytes([9; 32]).node_id(), a.peer_addr().expect("addr").addr);
     assert_eq!(c.dial(stale).await.expect("downgraded dial"), a.node_id());
     let d = expect_event(&mut ec, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;
     assert!(matches!(
         d,
-        Event::HandshakeDowngraded {
-            from: HandshakePath::Introduced,
-            to: HandshakePath::Full,
-            ..
-        }
+        Event::HandshakeDowngraded { from: HandshakePath::Introduced, to: HandshakePath::Full, .. }
     ));
-    assert_eq!(
-        path_of(&expect_event(&mut ec, |e| path_of(e).is_some()).await),
-        Some(HandshakePath::Full)
-    );
+    assert_eq!(path_of(&expect_event(&mut ec, |e| path_of(e).is_some()).await), Some(HandshakePath::Full));
 
     // Resumed → introduced: B restarts with the same key but without its
     // tickets; A still holds one from the resumed session.
     b.shutdown().await;
     drop(eb);
-    expect_event(
-        &mut ea,
-        |e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == b_id),
-    )
-    .await;
+    expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == b_id)).await;
     let (b2, mut eb2) = spawn_with("127.0.0.1:0", key_b).await;
     let b2_addr = b2.peer_addr().expect("addr");
     assert_eq!(a.dial(b2_addr).await.expect("redial"), b_id);
     let d = expect_event(&mut ea, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;
     assert!(matches!(
         d,
-        Event::HandshakeDowngraded {
-            from: HandshakePath::Resumed,
-            to: HandshakePath::Introduced,
-            ..
-        }
+        Event::HandshakeDowngraded { from: HandshakePath::Resumed, to: HandshakePath::Introduced, .. }
     ));
     assert_eq!(
         path_of(&expect_event(&mut ea, |e| path_of(e).is_some()).await),
@@ -239,55 +188,28 @@ async fn demo_runs_every_path() {
     assert_eq!(s.received, s.sent);
     assert!(s.sent > 0);
     for p in ["full (XX)", "introduced (IK)", "resumed (NNpsk0)"] {
-        assert!(
-            s.paths.get(p).copied().unwrap_or(0) > 0,
-            "path {p} used: {:?}",
-            s.paths
-        );
+        assert!(s.paths.get(p).copied().unwrap_or(0) > 0, "path {p} used: {:?}", s.paths);
     }
-    assert!(
-        s.downgrades
-            .iter()
-            .any(|d| d == "resumed (NNpsk0) -> introduced (IK)"),
-        "{:?}",
-        s.downgrades
-    );
-    assert!(
-        s.downgrades
-            .iter()
-            .any(|d| d == "introduced (IK) -> full (XX)"),
-        "{:?}",
-        s.downgrades
-    );
+    assert!(s.downgrades.iter().any(|d| d == "resumed (NNpsk0) -> introduced (IK)"), "{:?}", s.downgrades);
+    assert!(s.downgrades.iter().any(|d| d == "introduced (IK) -> full (XX)"), "{:?}", s.downgrades);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_a_raw_socket_is_rejected_with_a_reason() {
     let (a, mut ea) = spawn("127.0.0.1:0").await;
     let addr = a.listen_addrs()[0];
-    for junk in [
-        vec![0u8, 5, 0x99, 1, 2, 3, 4],
-        vec![0xff; 70_000],
-        vec![0, 0],
-    ] {
+    for junk in [vec![0u8, 5, 0x99, 1, 2, 3, 4], vec![0xff; 70_000], vec![0, 0]] {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let _ = s.write_all(&junk).await;
         let e = expect_event(&mut ea, |e| matches!(e, Event::ConnectionFailed { .. })).await;
-        let Event::ConnectionFailed { reason, .. } = e else {
-            unreachable!()
-        };
+        let Event::ConnectionFailed { reason, .. } = e else { unreachable!() };
         assert!(
-            matches!(
-                reason,
-                DisconnectReason::ProtocolViolation | DisconnectReason::HandshakeFailed
-            ),
+            matches!(reason, DisconnectReason::ProtocolViolation | DisconnectReason::HandshakeFailed),
             "{reason:?}"
         );
         // The node answers with a REJECT frame naming the reason, then closes.
         let mut back = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
-            .await
-            .expect("closed");
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back)).await.expect("closed");
         assert_eq!(back.get(2), Some(&0x07), "REJECT frame: {back:?}");
         assert_eq!(back.get(3), Some(&reason.code()));
     }

@@ -42,9 +42,7 @@ pub struct CipherState {
 
 impl fmt::Debug for CipherState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CipherState")
-            .field("nonce", &self.nonce)
-            .finish_non_exhaustive()
+        f.debug_struct("CipherState").field("nonce", &self.nonce).finish_non_exhaustive()
     }
 }
 
@@ -57,10 +55,7 @@ fn nonce_bytes(n: u64) -> Nonce {
 impl CipherState {
     /// A cipher state with key `key` and nonce 0.
     pub fn new(key: [u8; 32]) -> Self {
-        CipherState {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
-            nonce: 0,
-        }
+        CipherState { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), nonce: 0 }
     }
 
     /// The next nonce this state will use.
@@ -80,11 +75,7 @@ impl CipherState {
 
     /// Encrypts `buf` in place with associated data `ad` and returns the tag,
     /// which the caller appends.
-    pub fn seal_in_place(
-        &mut self,
-        ad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], CryptoError> {
+    pub fn seal_in_place(&mut self, ad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
         let n = self.take_nonce()?;
         let tag = self
             .cipher
@@ -152,9 +143,7 @@ impl CipherState {
     pub fn rekey(&mut self) {
         let mut k = [0u8; 32];
         // Encrypting 32 bytes cannot fail.
-        let _ = self
-            .cipher
-            .encrypt_in_place_detached(&nonce_bytes(u64::MAX), b"", &mut k);
+        let _ = self.cipher.encrypt_in_place_detached(&nonce_bytes(u64::MAX), b"", &mut k);
         *self = CipherState::new(k);
     }
 }
@@ -176,10 +165,7 @@ mod tests {
         a.seal_append(b"ad", b"hello", &mut ct).unwrap();
         let mut bad = ct[ct.len() - 21..].to_vec();
         bad[0] ^= 1;
-        assert_eq!(
-            b.open_append(b"ad", &bad, &mut pt),
-            Err(CryptoError::Decrypt)
-        );
+        assert_eq!(b.open_append(b"ad", &bad, &mut pt), Err(CryptoError::Decrypt));
     }
 
     #[test]

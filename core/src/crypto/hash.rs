@@ -72,11 +72,7 @@ mod tests {
     fn blake2s_empty_matches_rfc7693() {
         // RFC 7693 Appendix B is "abc"; BLAKE2s-256("abc"):
         let h = hash(b"abc");
-        assert_eq!(
-            h[..8],
-            [0x50, 0x8C, 0x5E, 0x8C, 0x32, 0x7C, 0x14, 0xE2],
-            "BLAKE2s-256(abc) prefix"
-        );
+        assert_eq!(h[..8], [0x50, 0x8C, 0x5E, 0x8C, 0x32, 0x7C, 0x14, 0xE2], "BLAKE2s-256(abc) prefix");
     }
 
     #[test]

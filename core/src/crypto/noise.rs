@@ -78,11 +78,7 @@ impl SymmetricState {
         } else {
             hash(protocol_name.as_bytes())
         };
-        SymmetricState {
-            ck: h,
-            h,
-            cipher: None,
-        }
+        SymmetricState { ck: h, h, cipher: None }
     }
 
     fn mix_hash(&mut self, data: &[u8]) {
@@ -121,11 +117,7 @@ impl SymmetricState {
         len: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, CryptoError> {
-        let total = if self.cipher.is_some() {
-            len + TAG_LEN
-        } else {
-            len
-        };
+        let total = if self.cipher.is_some() { len + TAG_LEN } else { len };
         let ct = input.get(..total).ok_or(CryptoError::Truncated)?;
         match &mut self.cipher {
             Some(c) => c.open_append(&self.h, ct, out)?,
@@ -210,28 +202,13 @@ impl HandshakeState {
         let mut ss = SymmetricState::new(pattern.protocol_name);
         ss.mix_hash(prologue);
         if pattern.responder_static_known {
-            let key = if initiator {
-                rs
-            } else {
-                s.as_ref().map(|k| k.public)
-            };
+            let key = if initiator { rs } else { s.as_ref().map(|k| k.public) };
             // A missing pre-message key is caught when a token needs it.
             if let Some(k) = key {
                 ss.mix_hash(&k);
             }
         }
-        HandshakeState {
-            pattern,
-            initiator,
-            ss,
-            s,
-            e: None,
-            fixed_e: None,
-            rs,
-            re: None,
-            psk,
-            next: 0,
-        }
+        HandshakeState { pattern, initiator, ss, s, e: None, fixed_e: None, rs, re: None, psk, next: 0 }
     }
 
     /// Uses `secret` as the ephemeral key instead of drawing one (test vectors).
@@ -254,11 +231,7 @@ impl HandshakeState {
         self.next >= self.pattern.messages.len()
     }
 
-    fn dh(
-        &self,
-        local: Option<&DhKeypair>,
-        remote: Option<&[u8; DHLEN]>,
-    ) -> Result<[u8; 32], CryptoError> {
+    fn dh(&self, local: Option<&DhKeypair>, remote: Option<&[u8; DHLEN]>) -> Result<[u8; 32], CryptoError> {
         match (local, remote) {
             (Some(l), Some(r)) => l.dh(r),
             // A pattern token needs a key that was not supplied: treat as a
@@ -306,11 +279,7 @@ impl HandshakeState {
                     self.e = Some(e);
                 }
                 S => {
-                    let pubkey = self
-                        .s
-                        .as_ref()
-                        .map(|s| s.public)
-                        .ok_or(CryptoError::Truncated)?;
+                    let pubkey = self.s.as_ref().map(|s| s.public).ok_or(CryptoError::Truncated)?;
                     self.ss.encrypt_and_hash(&pubkey, out)?;
                 }
                 Psk => {
@@ -326,11 +295,7 @@ impl HandshakeState {
     }
 
     /// Reads the next handshake message from `msg`, appending its payload to `payload`.
-    pub(crate) fn read_message(
-        &mut self,
-        msg: &[u8],
-        payload: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
+    pub(crate) fn read_message(&mut self, msg: &[u8], payload: &mut Vec<u8>) -> Result<(), CryptoError> {
         debug_assert!(!self.is_my_turn() && !self.is_finished());
         let tokens = self.pattern.messages[self.next];
         let mut pos = 0usize;
@@ -363,9 +328,7 @@ impl HandshakeState {
         }
         let rest = &msg[pos..];
         let body_len = if self.ss.cipher.is_some() {
-            rest.len()
-                .checked_sub(TAG_LEN)
-                .ok_or(CryptoError::Truncated)?
+            rest.len().checked_sub(TAG_LEN).ok_or(CryptoError::Truncated)?
         } else {
             rest.len()
         };
@@ -384,11 +347,6 @@ impl HandshakeState {
         let (k1, k2, k3) = hkdf3(&self.ss.ck, &[]);
         let (c1, c2) = (CipherState::new(k1), CipherState::new(k2));
         let (send, recv) = if self.initiator { (c1, c2) } else { (c2, c1) };
-        HandshakeResult {
-            send,
-            recv,
-            handshake_hash: self.ss.h,
-            resumption_seed: k3,
-        }
+        HandshakeResult { send, recv, handshake_hash: self.ss.h, resumption_seed: k3 }
     }
 }

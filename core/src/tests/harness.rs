@@ -84,10 +84,7 @@ pub(crate) fn node(seed: u64, config: Config) -> Node {
 
 impl Pair {
     pub(crate) fn new() -> Self {
-        Self::with_configs(
-            Config::with_protocols(protocols()),
-            Config::with_protocols(protocols()),
-        )
+        Self::with_configs(Config::with_protocols(protocols()), Config::with_protocols(protocols()))
     }
 
     pub(crate) fn with_configs(ca: Config, cb: Config) -> Self {
@@ -180,12 +177,8 @@ impl Pair {
                     self.node(s).handle_written(c, now);
                     continue;
                 };
-                let pending: usize = self
-                    .in_flight
-                    .iter()
-                    .filter(|p| p.to == s.other())
-                    .map(|p| p.data.len())
-                    .sum();
+                let pending: usize =
+                    self.in_flight.iter().filter(|p| p.to == s.other()).map(|p| p.data.len()).sum();
                 if s == Side::A && self.b_stalled && pending + buf.len() > self.pipe_capacity {
                     self.blocked_writes.push((s, c));
                 } else {
@@ -239,9 +232,7 @@ impl Pair {
         let mut any = false;
         let mut i = 0;
         while i < self.in_flight.len() {
-            if self.in_flight[i].at > self.now
-                || (self.b_stalled && self.in_flight[i].to == Side::B)
-            {
+            if self.in_flight[i].at > self.now || (self.b_stalled && self.in_flight[i].to == Side::B) {
                 i += 1;
                 continue;
             }
@@ -274,12 +265,8 @@ impl Pair {
             if p || d {
                 continue;
             }
-            let next = self
-                .in_flight
-                .iter()
-                .filter(|p| !(self.b_stalled && p.to == Side::B))
-                .map(|p| p.at)
-                .min();
+            let next =
+                self.in_flight.iter().filter(|p| !(self.b_stalled && p.to == Side::B)).map(|p| p.at).min();
             match next {
                 Some(t) => self.now = t,
                 None => return,
@@ -293,10 +280,7 @@ impl Pair {
         let end = self.now + d;
         loop {
             self.drive();
-            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);

@@ -10,16 +10,11 @@ use crate::SeededRng;
 const VECTORS: &str = include_str!("../../tests/data/noise-25519-chachapoly.json");
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
 fn key(v: &serde_json::Value, field: &str) -> Option<[u8; 32]> {
-    v.get(field)
-        .and_then(|x| x.as_str())
-        .map(|s| unhex(s).try_into().expect("32 bytes"))
+    v.get(field).and_then(|x| x.as_str()).map(|s| unhex(s).try_into().expect("32 bytes"))
 }
 
 fn psk(v: &serde_json::Value, field: &str) -> Option<[u8; 32]> {
@@ -64,14 +59,9 @@ fn check_vector(pattern: &'static Pattern) {
         let m = &msgs[i];
         let payload = unhex(m["payload"].as_str().expect("payload"));
         let expected = unhex(m["ciphertext"].as_str().expect("ct"));
-        let (w, r) = if i % 2 == 0 {
-            (&mut init, &mut resp)
-        } else {
-            (&mut resp, &mut init)
-        };
+        let (w, r) = if i % 2 == 0 { (&mut init, &mut resp) } else { (&mut resp, &mut init) };
         let mut out = Vec::new();
-        w.write_message(&payload, &mut out, &mut rng)
-            .expect("write");
+        w.write_message(&payload, &mut out, &mut rng).expect("write");
         assert_eq!(out, expected, "{} message {i}", pattern.protocol_name);
         let mut got = Vec::new();
         r.read_message(&out, &mut got).expect("read");
@@ -79,10 +69,7 @@ fn check_vector(pattern: &'static Pattern) {
         i += 1;
     }
     let (ri, rr) = (init.finish(), resp.finish());
-    assert_eq!(
-        ri.handshake_hash[..],
-        unhex(v["handshake_hash"].as_str().expect("hash"))[..]
-    );
+    assert_eq!(ri.handshake_hash[..], unhex(v["handshake_hash"].as_str().expect("hash"))[..]);
     assert_eq!(rr.handshake_hash, ri.handshake_hash);
     // Transport messages: initiator sends the even ones, responder the odd ones.
     let (mut is, mut ir, mut rs, mut rr2) = (ri.send, ri.recv, rr.send, rr.recv);
@@ -130,9 +117,7 @@ fn interop(pattern: &'static Pattern, ours_initiates: bool) {
     let is_ik = pattern.responder_static_known;
     let is_psk = pattern.protocol_name.contains("psk");
     let params: snow::params::NoiseParams = pattern.protocol_name.parse().expect("snow params");
-    let mut b = snow::Builder::new(params)
-        .prologue(prologue)
-        .expect("prologue");
+    let mut b = snow::Builder::new(params).prologue(prologue).expect("prologue");
     let snow_secret = if ours_initiates { sr } else { si };
     if uses_s {
         b = b.local_private_key(&snow_secret).expect("key");
@@ -143,12 +128,7 @@ fn interop(pattern: &'static Pattern, ours_initiates: bool) {
     if is_psk {
         b = b.psk(0, &psk_v).expect("psk");
     }
-    let mut theirs = if ours_initiates {
-        b.build_responder()
-    } else {
-        b.build_initiator()
-    }
-    .expect("build");
+    let mut theirs = if ours_initiates { b.build_responder() } else { b.build_initiator() }.expect("build");
     let our_secret = if ours_initiates { si } else { sr };
     let mut ours = HandshakeState::new(
         pattern,
@@ -164,14 +144,11 @@ fn interop(pattern: &'static Pattern, ours_initiates: bool) {
         let payload = alloc::format!("message {i}");
         if turn_ours {
             let mut out = Vec::new();
-            ours.write_message(payload.as_bytes(), &mut out, &mut rng)
-                .expect("write");
+            ours.write_message(payload.as_bytes(), &mut out, &mut rng).expect("write");
             let n = theirs.read_message(&out, &mut buf).expect("snow read");
             assert_eq!(&buf[..n], payload.as_bytes());
         } else {
-            let n = theirs
-                .write_message(payload.as_bytes(), &mut buf)
-                .expect("snow write");
+            let n = theirs.write_message(payload.as_bytes(), &mut buf).expect("snow write");
             let mut got = Vec::new();
             ours.read_message(&buf[..n], &mut got).expect("read");
             assert_eq!(String::from_utf8(got).expect("utf8"), payload);
@@ -189,9 +166,7 @@ fn interop(pattern: &'static Pattern, ours_initiates: bool) {
         send.seal_append(&[], &[i; 100], &mut out).expect("seal");
         let n = theirs.read_message(&out, &mut buf).expect("snow open");
         assert_eq!(&buf[..n], &[i; 100]);
-        let n = theirs
-            .write_message(&[i + 100; 50], &mut buf)
-            .expect("snow seal");
+        let n = theirs.write_message(&[i + 100; 50], &mut buf).expect("snow seal");
         let mut back = Vec::new();
         recv.open_append(&[], &buf[..n], &mut back).expect("open");
         assert_eq!(back, [i + 100; 50]);

@@ -9,8 +9,7 @@ use proptest::prelude::*;
 
 use super::harness::{protocols, Pair, Side};
 use crate::{
-    Config, Direction, DisconnectReason, Event, HandshakePath, NodeId, Protocol, ProtocolId,
-    SendError,
+    Config, Direction, DisconnectReason, Event, HandshakePath, NodeId, Protocol, ProtocolId, SendError,
 };
 
 const CHAT: ProtocolId = ProtocolId(0);
@@ -20,12 +19,7 @@ fn connected(events: &[Event]) -> Vec<(NodeId, HandshakePath, Direction)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::PeerConnected {
-                peer,
-                path,
-                direction,
-                ..
-            } => Some((*peer, *path, *direction)),
+            Event::PeerConnected { peer, path, direction, .. } => Some((*peer, *path, *direction)),
             _ => None,
         })
         .collect()
@@ -35,12 +29,9 @@ fn messages(events: &[Event]) -> Vec<(ProtocolId, u32, Bytes)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message {
-                protocol,
-                msg_type,
-                payload,
-                ..
-            } => Some((*protocol, *msg_type, payload.clone())),
+            Event::Message { protocol, msg_type, payload, .. } => {
+                Some((*protocol, *msg_type, payload.clone()))
+            }
             _ => None,
         })
         .collect()
@@ -50,12 +41,7 @@ fn disconnected(events: &[Event]) -> Vec<(DisconnectReason, bool, usize)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::PeerDisconnected {
-                reason,
-                remote,
-                unsent,
-                ..
-            } => Some((*reason, *remote, unsent.len())),
+            Event::PeerDisconnected { reason, remote, unsent, .. } => Some((*reason, *remote, unsent.len())),
             _ => None,
         })
         .collect()
@@ -87,14 +73,8 @@ fn connected_pair() -> Pair {
     p.connect(None);
     p.drive();
     let (a, b) = (p.id(Side::A), p.id(Side::B));
-    assert_eq!(
-        connected(&p.take_events(Side::A)),
-        vec![(b, HandshakePath::Full, Direction::Outbound)]
-    );
-    assert_eq!(
-        connected(&p.take_events(Side::B)),
-        vec![(a, HandshakePath::Full, Direction::Inbound)]
-    );
+    assert_eq!(connected(&p.take_events(Side::A)), vec![(b, HandshakePath::Full, Direction::Outbound)]);
+    assert_eq!(connected(&p.take_events(Side::B)), vec![(a, HandshakePath::Full, Direction::Inbound)]);
     p
 }
 
@@ -104,10 +84,7 @@ fn full_handshake_negotiates_shared_protocols_and_exchanges_messages() {
     a_protocols.push(Protocol::new("a-only", 1, 1));
     let mut b_protocols = vec![Protocol::new("blocks", 2, 16), Protocol::new("chat", 1, 4)];
     b_protocols.push(Protocol::new("chat", 0, 4));
-    let mut p = Pair::with_configs(
-        Config::with_protocols(a_protocols),
-        Config::with_protocols(b_protocols),
-    );
+    let mut p = Pair::with_configs(Config::with_protocols(a_protocols), Config::with_protocols(b_protocols));
     p.connect(None);
     p.drive();
     let ea = p.take_events(Side::A);
@@ -125,16 +102,9 @@ fn full_handshake_negotiates_shared_protocols_and_exchanges_messages() {
     assert_eq!(pb, vec![ProtocolId(0), ProtocolId(1)]);
     let b = p.id(Side::B);
     p.a.send(&b, CHAT, 3, Bytes::from_static(b"hello")).unwrap();
-    p.a.send(&b, BLOCKS, 15, Bytes::from_static(b"block"))
-        .unwrap();
-    assert_eq!(
-        p.a.send(&b, ProtocolId(2), 0, Bytes::new()),
-        Err(SendError::ProtocolNotShared)
-    );
-    assert_eq!(
-        p.a.send(&b, CHAT, 4, Bytes::new()),
-        Err(SendError::UnknownMessageType)
-    );
+    p.a.send(&b, BLOCKS, 15, Bytes::from_static(b"block")).unwrap();
+    assert_eq!(p.a.send(&b, ProtocolId(2), 0, Bytes::new()), Err(SendError::ProtocolNotShared));
+    assert_eq!(p.a.send(&b, CHAT, 4, Bytes::new()), Err(SendError::UnknownMessageType));
     p.drive();
     // On B, "chat" v1 is ProtocolId(1) and "blocks" ProtocolId(0).
     assert_eq!(
@@ -154,14 +124,8 @@ fn introduced_handshake_takes_one_round_trip() {
     // One flight A→B and one B→A: 2 × latency.
     p.drive();
     assert_eq!(p.now, crate::Instant::ZERO + p.latency * 2);
-    assert_eq!(
-        connected(&p.take_events(Side::A))[0].1,
-        HandshakePath::Introduced
-    );
-    assert_eq!(
-        connected(&p.take_events(Side::B))[0].1,
-        HandshakePath::Introduced
-    );
+    assert_eq!(connected(&p.take_events(Side::A))[0].1, HandshakePath::Introduced);
+    assert_eq!(connected(&p.take_events(Side::B))[0].1, HandshakePath::Introduced);
 }
 
 #[test]
@@ -171,26 +135,13 @@ fn resumption_uses_the_previous_session_secret_once() {
     assert!(p.a.has_ticket(&b) && p.b.has_ticket(&a));
     p.a.disconnect(&b, DisconnectReason::Requested, p.now);
     p.drive();
-    assert_eq!(
-        disconnected(&p.take_events(Side::A)),
-        vec![(DisconnectReason::Requested, false, 0)]
-    );
-    assert_eq!(
-        disconnected(&p.take_events(Side::B)),
-        vec![(DisconnectReason::Requested, true, 0)]
-    );
+    assert_eq!(disconnected(&p.take_events(Side::A)), vec![(DisconnectReason::Requested, false, 0)]);
+    assert_eq!(disconnected(&p.take_events(Side::B)), vec![(DisconnectReason::Requested, true, 0)]);
     p.connect(Some(b));
     p.drive();
-    assert_eq!(
-        connected(&p.take_events(Side::A)),
-        vec![(b, HandshakePath::Resumed, Direction::Outbound)]
-    );
-    assert_eq!(
-        connected(&p.take_events(Side::B)),
-        vec![(a, HandshakePath::Resumed, Direction::Inbound)]
-    );
-    p.a.send(&b, CHAT, 0, Bytes::from_static(b"resumed"))
-        .unwrap();
+    assert_eq!(connected(&p.take_events(Side::A)), vec![(b, HandshakePath::Resumed, Direction::Outbound)]);
+    assert_eq!(connected(&p.take_events(Side::B)), vec![(a, HandshakePath::Resumed, Direction::Inbound)]);
+    p.a.send(&b, CHAT, 0, Bytes::from_static(b"resumed")).unwrap();
     p.drive();
     assert_eq!(messages(&p.take_events(Side::B)).len(), 1);
     // The resumed session issued a fresh ticket on both sides.
@@ -210,18 +161,9 @@ fn failed_resumption_drops_the_ticket_and_falls_back_to_introduced() {
     p.connect(Some(b));
     p.drive();
     let ea = p.take_events(Side::A);
-    assert_eq!(
-        downgrades(&ea),
-        vec![(HandshakePath::Resumed, HandshakePath::Introduced)]
-    );
-    assert_eq!(
-        connected(&ea),
-        vec![(b, HandshakePath::Introduced, Direction::Outbound)]
-    );
-    assert_eq!(
-        connected(&p.take_events(Side::B))[0].1,
-        HandshakePath::Introduced
-    );
+    assert_eq!(downgrades(&ea), vec![(HandshakePath::Resumed, HandshakePath::Introduced)]);
+    assert_eq!(connected(&ea), vec![(b, HandshakePath::Introduced, Direction::Outbound)]);
+    assert_eq!(connected(&p.take_events(Side::B))[0].1, HandshakePath::Introduced);
 }
 
 #[test]
@@ -232,14 +174,8 @@ fn wrong_introduced_key_falls_back_to_full_handshake() {
     p.connect(Some(stale));
     p.drive();
     let ea = p.take_events(Side::A);
-    assert_eq!(
-        downgrades(&ea),
-        vec![(HandshakePath::Introduced, HandshakePath::Full)]
-    );
-    assert_eq!(
-        connected(&ea),
-        vec![(b, HandshakePath::Full, Direction::Outbound)]
-    );
+    assert_eq!(downgrades(&ea), vec![(HandshakePath::Introduced, HandshakePath::Full)]);
+    assert_eq!(connected(&ea), vec![(b, HandshakePath::Full, Direction::Outbound)]);
     assert_eq!(connected(&p.take_events(Side::B))[0].1, HandshakePath::Full);
 }
 
@@ -254,10 +190,7 @@ fn both_downgrades_in_one_connection() {
     p.drive();
     assert!(p.a.has_ticket(&old_b));
     let a = p.a;
-    let mut p = Pair::from_nodes(
-        a,
-        super::harness::node(77, Config::with_protocols(protocols())),
-    );
+    let mut p = Pair::from_nodes(a, super::harness::node(77, Config::with_protocols(protocols())));
     let new_b = p.id(Side::B);
     p.connect(Some(old_b));
     p.drive();
@@ -269,10 +202,7 @@ fn both_downgrades_in_one_connection() {
             (HandshakePath::Introduced, HandshakePath::Full)
         ]
     );
-    assert_eq!(
-        connected(&ea),
-        vec![(new_b, HandshakePath::Full, Direction::Outbound)]
-    );
+    assert_eq!(connected(&ea), vec![(new_b, HandshakePath::Full, Direction::Outbound)]);
     assert!(!p.a.has_ticket(&old_b), "the failed ticket is gone");
     assert!(p.a.has_ticket(&new_b));
 }
@@ -283,8 +213,7 @@ fn small_messages_share_records() {
     let b = p.id(Side::B);
     p.wire_a.clear();
     for i in 0..100u32 {
-        p.a.send(&b, CHAT, i % 4, Bytes::from(vec![i as u8; 64]))
-            .unwrap();
+        p.a.send(&b, CHAT, i % 4, Bytes::from(vec![i as u8; 64])).unwrap();
     }
     p.drive();
     let got = messages(&p.take_events(Side::B));
@@ -295,10 +224,7 @@ fn small_messages_share_records() {
     }
     // 100 × (64 + 5) bytes fit in one 16 KiB record: one frame on the wire.
     let frames = count_frames(&p.wire_a.concat());
-    assert_eq!(
-        frames, 1,
-        "100 small messages should be sealed in one record"
-    );
+    assert_eq!(frames, 1, "100 small messages should be sealed in one record");
 }
 
 fn count_frames(mut wire: &[u8]) -> usize {
@@ -315,9 +241,7 @@ fn count_frames(mut wire: &[u8]) -> usize {
 fn large_messages_are_split_across_records_and_reassembled() {
     let mut p = connected_pair();
     let b = p.id(Side::B);
-    let big: Vec<u8> = (0..(1 << 20) + 7)
-        .map(|i: u32| (i * 31 % 251) as u8)
-        .collect();
+    let big: Vec<u8> = (0..(1 << 20) + 7).map(|i: u32| (i * 31 % 251) as u8).collect();
     p.a.send(&b, BLOCKS, 1, Bytes::from(big.clone())).unwrap();
     p.a.send(&b, CHAT, 2, Bytes::from_static(b"after")).unwrap();
     p.wire_a.clear();
@@ -326,10 +250,7 @@ fn large_messages_are_split_across_records_and_reassembled() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].2[..], big[..]);
     assert_eq!(got[1].2, Bytes::from_static(b"after"));
-    assert!(
-        count_frames(&p.wire_a.concat()) >= 64,
-        "1 MiB in 16 KiB records"
-    );
+    assert!(count_frames(&p.wire_a.concat()) >= 64, "1 MiB in 16 KiB records");
 }
 
 #[test]
@@ -354,10 +275,7 @@ fn queued_messages_are_handed_back_on_disconnect() {
     let payloads: Vec<u8> = unsent.iter().map(|m| m.payload[0]).collect();
     assert_eq!(payloads, vec![0, 1, 2, 3, 4]);
     assert!(messages(&p.take_events(Side::B)).is_empty());
-    assert_eq!(
-        p.a.send(&b, CHAT, 0, Bytes::new()),
-        Err(SendError::NotConnected)
-    );
+    assert_eq!(p.a.send(&b, CHAT, 0, Bytes::new()), Err(SendError::NotConnected));
 }
 
 #[test]
@@ -367,8 +285,7 @@ fn transport_loss_hands_back_unsent_messages() {
     p.b_stalled = true;
     // Fill the pipe: the first poll writes, the rest stays queued.
     for i in 0..50u8 {
-        p.a.send(&b, BLOCKS, 0, Bytes::from(vec![i; 100_000]))
-            .unwrap();
+        p.a.send(&b, BLOCKS, 0, Bytes::from(vec![i; 100_000])).unwrap();
     }
     p.drive();
     let link = p.links[0];
@@ -408,10 +325,8 @@ fn rekeying_keeps_the_session_working() {
     let (a, b) = (p.id(Side::A), p.id(Side::B));
     p.take_events(Side::A);
     for round in 0..20u8 {
-        p.a.send(&b, CHAT, 1, Bytes::from(vec![round; 3000]))
-            .unwrap();
-        p.b.send(&a, CHAT, 1, Bytes::from(vec![round; 3000]))
-            .unwrap();
+        p.a.send(&b, CHAT, 1, Bytes::from(vec![round; 3000])).unwrap();
+        p.b.send(&a, CHAT, 1, Bytes::from(vec![round; 3000])).unwrap();
         p.drive();
     }
     assert_eq!(messages(&p.take_events(Side::B)).len(), 20);
@@ -448,10 +363,7 @@ fn no_shared_protocols_is_refused_with_a_reason() {
     );
     p.connect(None);
     p.drive();
-    assert_eq!(
-        failed(&p.take_events(Side::A)),
-        vec![DisconnectReason::NoSharedProtocols]
-    );
+    assert_eq!(failed(&p.take_events(Side::A)), vec![DisconnectReason::NoSharedProtocols]);
     let fb = failed(&p.take_events(Side::B));
     assert_eq!(fb, vec![DisconnectReason::NoSharedProtocols]);
     assert_eq!(p.a.connection_count() + p.b.connection_count(), 0);
@@ -478,15 +390,9 @@ fn garbage_before_handshake_is_rejected() {
     let link = p.connect(None);
     p.inject(Side::B, link, vec![0, 3, 0x42, 1, 2]);
     p.drive();
-    assert_eq!(
-        failed(&p.take_events(Side::B)),
-        vec![DisconnectReason::ProtocolViolation]
-    );
+    assert_eq!(failed(&p.take_events(Side::B)), vec![DisconnectReason::ProtocolViolation]);
     // A learns the reason from B's REJECT frame.
-    assert_eq!(
-        failed(&p.take_events(Side::A)),
-        vec![DisconnectReason::ProtocolViolation]
-    );
+    assert_eq!(failed(&p.take_events(Side::A)), vec![DisconnectReason::ProtocolViolation]);
 }
 
 #[test]
@@ -521,11 +427,7 @@ fn tampered_replayed_and_reordered_records_close_the_connection() {
         }
         p.drive();
         let eb = p.take_events(Side::B);
-        assert_eq!(
-            disconnected(&eb),
-            vec![(DisconnectReason::DecryptFailed, false, 0)],
-            "mode {mode}"
-        );
+        assert_eq!(disconnected(&eb), vec![(DisconnectReason::DecryptFailed, false, 0)], "mode {mode}");
         assert!(messages(&eb).len() <= 1);
     }
 }
@@ -560,13 +462,9 @@ fn reassembly_memory_is_capped_per_peer() {
     let b = p.id(Side::B);
     p.take_events(Side::A);
     p.take_events(Side::B);
-    p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 200_000]))
-        .unwrap();
+    p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 200_000])).unwrap();
     p.drive();
-    assert_eq!(
-        disconnected(&p.take_events(Side::B)),
-        vec![(DisconnectReason::ResourceLimit, false, 0)]
-    );
+    assert_eq!(disconnected(&p.take_events(Side::B)), vec![(DisconnectReason::ResourceLimit, false, 0)]);
     let da = disconnected(&p.take_events(Side::A));
     assert_eq!(da, vec![(DisconnectReason::ResourceLimit, true, 0)]);
 }
