@@ -4,8 +4,9 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::event::Direction;
+use crate::event::{Direction, HandshakePath};
 use crate::handshake::Handshake;
+use crate::knowledge::Ticket;
 use crate::reason::DisconnectReason;
 use crate::session::Session;
 use crate::time::Instant;
@@ -30,8 +31,12 @@ pub(crate) enum Phase {
     /// Records are exchanged.
     Established {
         session: Session,
-        /// `PeerConnected` was emitted (negotiation succeeded).
+        /// `PeerConnected` was emitted.
         announced: bool,
+        /// The path the handshake took.
+        path: HandshakePath,
+        /// The next resumption ticket, stored when the peer is announced.
+        ticket: Option<Ticket>,
     },
 }
 

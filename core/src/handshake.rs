@@ -347,8 +347,12 @@ impl Handshake {
         let (mut noise, path, resumed_peer) = match k {
             kind::FULL_INIT => {
                 let mut noise = HandshakeState::new(&XX, false, &prologue(k, None), s, None, None);
-                let mut ignored = Vec::new();
-                noise.read_message(body, &mut ignored)?;
+                let mut payload = Vec::new();
+                noise.read_message(body, &mut payload)?;
+                // The full path's first message carries no payload (SPEC.md §5).
+                if !payload.is_empty() {
+                    return Err(HandshakeError::Malformed);
+                }
                 let mut f = Vec::with_capacity(1 + 96 + ctx.hello.len());
                 f.push(kind::RESPONSE);
                 noise.write_message(ctx.hello, &mut f, ctx.rng)?;

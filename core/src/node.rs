@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::connection::{CloseCause, Closing, Connection, ConnectionId, Phase};
 use crate::control::Control;
 use crate::error::{ConnectError, SendError};
-use crate::event::{Direction, Event};
+use crate::event::{Direction, Event, HandshakePath};
 use crate::handshake::{kind as hs_kind, Completed, Handshake, HandshakeCtx, HandshakeError};
 use crate::identity::{Keypair, NodeId};
 use crate::knowledge::{Ticket, TicketStore};
@@ -33,6 +33,11 @@ pub enum ConfigError {
     /// The hello listing every protocol does not fit in one handshake frame,
     /// or more than 65535 protocols are registered.
     TooManyProtocols,
+    /// The same protocol name and version is registered twice.
+    DuplicateProtocol,
+    /// `max_message_size` exceeds `max_reassembly_per_peer`, so messages the
+    /// node advertises as acceptable would be refused.
+    InconsistentLimits,
 }
 
 impl fmt::Display for ConfigError {
@@ -40,6 +45,8 @@ impl fmt::Display for ConfigError {
         f.write_str(match self {
             ConfigError::BadProtocolName => "protocol names must be 1 to 64 bytes",
             ConfigError::TooManyProtocols => "the registered protocols do not fit in a handshake",
+            ConfigError::DuplicateProtocol => "a protocol name and version is registered twice",
+            ConfigError::InconsistentLimits => "max_message_size exceeds max_reassembly_per_peer",
         })
     }
 }
@@ -138,6 +145,14 @@ impl Node {
         }
         if config.protocols.len() > usize::from(u16::MAX) {
             return Err(ConfigError::TooManyProtocols);
+        }
+        for (i, p) in config.protocols.iter().enumerate() {
+            if config.protocols[..i].iter().any(|q| q.name == p.name && q.version == p.version) {
+                return Err(ConfigError::DuplicateProtocol);
+            }
+        }
+        if config.max_message_size > config.max_reassembly_per_peer as u64 {
+            return Err(ConfigError::InconsistentLimits);
         }
         let mut hello = Vec::new();
         Hello::local(&config.protocols, config.max_message_size).encode(&mut hello);
@@ -427,8 +442,23 @@ impl Node {
                     }),
                 }
             }
-            Phase::Established { session, .. } => {
-                match session.read_record(frame, &self.config, now, &mut self.events) {
+            Phase::Established { session, announced, .. } => {
+                // A REJECT sent by a peer that had not switched to records
+                // yet: records are never shorter than their tag.
+                if frame.len() == 2 && frame[0] == hs_kind::REJECT {
+                    return Err(CloseCause { reason: DisconnectReason::from_code(frame[1]), remote: true });
+                }
+                let plain_len =
+                    session.open_record(frame).map_err(|reason| CloseCause { reason, remote: false })?;
+                if !*announced {
+                    // The first authenticated record confirms the
+                    // initiator's keys (1-RTT paths): announce now.
+                    self.announce(id, conn, now)?;
+                }
+                let Phase::Established { session, .. } = &mut conn.phase else {
+                    unreachable!("phase checked above")
+                };
+                match session.process_record(&frame[..plain_len], &self.config, now, &mut self.events) {
                     Ok(RecordOutcome::Continue) => Ok(true),
                     Ok(RecordOutcome::RemoteDisconnect(reason)) => Err(CloseCause { reason, remote: true }),
                     Err(reason) => Err(CloseCause { reason, remote: false }),
@@ -437,9 +467,11 @@ impl Node {
         }
     }
 
-    /// Turns a completed handshake into a session: stores the next
-    /// resumption ticket, negotiates protocols, resolves duplicate
-    /// connections and announces the peer.
+    /// Turns a completed handshake into a session and negotiates
+    /// protocols. The peer is announced at once when this side dialled or
+    /// the full handshake confirmed the initiator; on the 1-RTT paths the
+    /// responder waits for the initiator's first record, so a replayed first
+    /// message never announces a peer.
     fn establish(
         &mut self,
         id: ConnectionId,
@@ -450,13 +482,12 @@ impl Node {
         let Completed { peer, path, keys, remote_hello } = done;
         let fail = |reason| CloseCause { reason, remote: false };
         let ticket = Ticket::derive(&keys.resumption_seed, now + self.config.resumption_lifetime);
-        self.tickets.insert(peer, ticket, self.config.max_resumption_tickets);
         let hello = Hello::decode(&remote_hello, self.config.max_peer_protocols);
         let peer_max =
             hello.as_ref().ok().and_then(|h| h.max_message_size).unwrap_or(self.config.max_message_size);
         let shared =
             hello.as_ref().map(|h| protocol::negotiate(&self.config.protocols, h)).unwrap_or_default();
-        let session = Session::new(
+        let mut session = Session::new(
             (keys.send, keys.recv),
             peer,
             shared,
@@ -465,23 +496,39 @@ impl Node {
             &self.config,
             now,
         );
-        conn.phase = Phase::Established { session, announced: false };
+        let outbound = conn.direction == Direction::Outbound;
+        if outbound {
+            // Key confirmation for the responder, and a first RTT sample.
+            session.start_ping(now);
+        }
+        let has_shared = !session.protocols().is_empty();
+        conn.phase = Phase::Established { session, announced: false, path, ticket: Some(ticket) };
         let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;
         if hello.wire_version != WIRE_VERSION {
             return Err(fail(DisconnectReason::IncompatibleVersion));
         }
-        let Phase::Established { session, announced, .. } = &mut conn.phase else {
-            unreachable!("set just above")
-        };
-        let protocols = session.protocols();
-        if protocols.is_empty() {
+        if !has_shared {
             return Err(fail(DisconnectReason::NoSharedProtocols));
         }
-        if peer == self.node_id() {
+        if outbound || path == HandshakePath::Full {
+            self.announce(id, conn, now)?;
+        }
+        Ok(())
+    }
+
+    /// Makes an established connection the peer's connection: resolves a
+    /// duplicate, stores the next resumption ticket and emits `PeerConnected`.
+    fn announce(&mut self, id: ConnectionId, conn: &mut Connection, now: Instant) -> Result<(), CloseCause> {
+        let fail = |reason| CloseCause { reason, remote: false };
+        let Phase::Established { session, announced, path, ticket } = &mut conn.phase else {
+            return Ok(());
+        };
+        let peer = session.peer;
+        if peer == self.keypair.node_id() {
             return Err(fail(DisconnectReason::DuplicateConnection));
         }
         if let Some(&other) = self.peers.get(&peer) {
-            let me = self.node_id();
+            let me = self.keypair.node_id();
             let initiator = |d: Direction| if d == Direction::Outbound { me } else { peer };
             let other_dir = self.connections.get(&other).map_or(Direction::Inbound, |c| c.direction);
             if initiator(conn.direction) < initiator(other_dir) {
@@ -490,14 +537,17 @@ impl Node {
                 return Err(fail(DisconnectReason::DuplicateConnection));
             }
         }
+        if let Some(t) = ticket.take() {
+            self.tickets.insert(peer, t, self.config.max_resumption_tickets);
+        }
         *announced = true;
         self.peers.insert(peer, id);
         self.events.push_back(Event::PeerConnected {
             peer,
             connection: id,
             direction: conn.direction,
-            protocols,
-            path,
+            protocols: session.protocols(),
+            path: *path,
         });
         Ok(())
     }
@@ -531,6 +581,12 @@ impl Node {
             }
             match &mut c.phase {
                 Phase::Handshake(_) => {
+                    if now >= c.handshake_deadline {
+                        to_close.push((id, DisconnectReason::HandshakeTimeout));
+                    }
+                }
+                Phase::Established { announced: false, .. } => {
+                    // Not confirmed yet: still bound by the handshake timeout.
                     if now >= c.handshake_deadline {
                         to_close.push((id, DisconnectReason::HandshakeTimeout));
                     }
@@ -591,11 +647,11 @@ impl Node {
             return;
         }
         // Tell the peer why, then close once that is flushed.
-        let code = cause.reason.code();
+        let code = cause.reason.on_wire().code();
         match &mut conn.phase {
             Phase::Established { session, .. } => {
                 session.clear_control_except_disconnect();
-                session.queue_control(Control::Disconnect(cause.reason));
+                session.queue_control(Control::Disconnect(cause.reason.on_wire()));
             }
             Phase::Handshake(_) => {
                 conn.plain_out.clear();
@@ -656,7 +712,10 @@ impl Node {
         conn.write_in_flight = true;
         self.transmit_cursor = id;
         if failed {
-            self.close(id, CloseCause { reason: DisconnectReason::ProtocolViolation, remote: true }, now);
+            // Nothing more can be sealed, not even a DISCONNECT: report and
+            // close the transport after what is already in `buf`.
+            self.close(id, CloseCause { reason: DisconnectReason::ResourceLimit, remote: false }, now);
+            self.finish_close(id);
         }
         Some(id)
     }
@@ -683,6 +742,7 @@ impl Node {
             .map(|c| match (&c.closing, &c.phase) {
                 (Some(cl), _) => cl.deadline,
                 (None, Phase::Handshake(_)) => c.handshake_deadline,
+                (None, Phase::Established { announced: false, .. }) => c.handshake_deadline,
                 (None, Phase::Established { session, .. }) => session.poll_timeout(&self.config),
             })
             .min()

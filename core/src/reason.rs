@@ -5,8 +5,8 @@ use core::fmt;
 
 /// The reason a connection was closed.
 ///
-/// Codes below 128 travel on the wire; `TransportClosed` and `Local*`
-/// variants describe what this node saw and are never sent.
+/// Codes 0 to 254 travel on the wire; `TransportClosed` (255) describes
+/// what this node saw and is sent as `Requested` if an application passes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DisconnectReason {
@@ -68,6 +68,14 @@ impl DisconnectReason {
         }
     }
 
+    /// The reason as sent to the peer: local-only reasons become `Requested`.
+    pub fn on_wire(self) -> Self {
+        match self {
+            DisconnectReason::TransportClosed => DisconnectReason::Requested,
+            r => r,
+        }
+    }
+
     /// The reason for a wire code.
     pub fn from_code(code: u8) -> Self {
         use DisconnectReason::*;
@@ -86,6 +94,7 @@ impl DisconnectReason {
             11 => HandshakeFailed,
             12 => UnknownMessageType,
             13 => ResourceLimit,
+            255 => TransportClosed,
             c => Unknown(c),
         }
     }

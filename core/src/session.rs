@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::chunk::{self, Chunk, MessageStart};
 use crate::config::Config;
@@ -33,7 +33,7 @@ struct Outgoing {
 struct Partial {
     msg_type: u32,
     total: usize,
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 /// What reading a record asks of the connection.
@@ -73,6 +73,9 @@ pub(crate) struct Session {
     reassembly: Vec<Option<Partial>>,
     /// Bytes reserved by `reassembly`.
     reassembly_bytes: usize,
+    /// The buffer of the last reassembled message: once the application
+    /// drops that message, its allocation is reused for the next one.
+    spare: Option<BytesMut>,
     next_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
     ping_counter: u64,
@@ -111,6 +114,7 @@ impl Session {
             control: VecDeque::new(),
             reassembly,
             reassembly_bytes: 0,
+            spare: None,
             next_ping: now + config.keepalive_interval,
             ping_outstanding: None,
             ping_counter: 0,
@@ -279,26 +283,33 @@ impl Session {
         Ok(dequeued)
     }
 
-    /// Decrypts one record body in place and processes its chunks,
-    /// pushing completed messages to `events`.
-    pub(crate) fn read_record(
+    /// Decrypts one record body in place; returns the plaintext length
+    /// (the plaintext is `body[..len]`).
+    pub(crate) fn open_record(&mut self, body: &mut [u8]) -> Result<usize, DisconnectReason> {
+        if body.len() < TAG_LEN {
+            return Err(DisconnectReason::ProtocolViolation);
+        }
+        let len = body.len() - TAG_LEN;
+        let (ct, tag) = body.split_at_mut(len);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.recv.open_in_place(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
+        Ok(len)
+    }
+
+    /// Processes the chunks of an opened record, pushing completed messages
+    /// to `events`.
+    pub(crate) fn process_record(
         &mut self,
-        body: &mut [u8],
+        plain: &[u8],
         config: &Config,
         now: Instant,
         events: &mut VecDeque<Event>,
     ) -> Result<RecordOutcome, DisconnectReason> {
-        if body.len() < TAG_LEN {
-            return Err(DisconnectReason::ProtocolViolation);
-        }
-        let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(tag);
-        self.recv.open_in_place(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
         self.last_recv = now;
-        let mut r = Reader::new(ct);
+        let mut r = Reader::new(plain);
         let mut outcome = RecordOutcome::Continue;
-        let mut rekey = false;
+        let mut rekeys = 0u32;
         while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
             let Chunk::Data { channel, start, last, data } = c else {
                 continue; // padding ends the loop by consuming the rest; extensions are skipped
@@ -321,17 +332,25 @@ impl Session {
                         }
                     }
                     Control::Disconnect(reason) => outcome = RecordOutcome::RemoteDisconnect(reason),
-                    Control::Rekey => rekey = true,
+                    Control::Rekey => rekeys += 1,
                     Control::Unknown => {}
                 }
                 continue;
             }
             self.read_data(channel, start, last, data, config, events)?;
         }
-        if rekey {
+        // Each REKEY in a record advances the receive key once, after the record.
+        for _ in 0..rekeys {
             self.recv.rekey();
         }
         Ok(outcome)
+    }
+
+    /// Sends a keepalive ping now (also used as the initiator's first record).
+    pub(crate) fn start_ping(&mut self, now: Instant) {
+        self.ping_counter += 1;
+        self.ping_outstanding = Some((self.ping_counter, now));
+        self.control.push_back(Control::Ping(self.ping_counter));
     }
 
     fn read_data(
@@ -374,7 +393,10 @@ impl Session {
                     return Err(DisconnectReason::ResourceLimit);
                 }
                 self.reassembly_bytes += total;
-                Partial { msg_type, total, buf: Vec::with_capacity(total) }
+                let mut buf = self.spare.take().unwrap_or_default();
+                buf.clear();
+                buf.reserve(total);
+                Partial { msg_type, total, buf }
             }
         };
         let mut p = partial;
@@ -387,11 +409,13 @@ impl Session {
                 return Err(DisconnectReason::ProtocolViolation);
             }
             self.reassembly_bytes -= p.total;
+            let payload = p.buf.split().freeze();
+            self.spare = Some(p.buf);
             events.push_back(Event::Message {
                 peer: self.peer,
                 protocol: shared.id,
                 msg_type: p.msg_type,
-                payload: Bytes::from(p.buf),
+                payload,
             });
         } else {
             self.reassembly[idx] = Some(p);
@@ -415,9 +439,7 @@ impl Session {
             return Err(DisconnectReason::IdleTimeout);
         }
         if now >= self.next_ping {
-            self.ping_counter += 1;
-            self.ping_outstanding = Some((self.ping_counter, now));
-            self.control.push_back(Control::Ping(self.ping_counter));
+            self.start_ping(now);
             self.next_ping = now + config.keepalive_interval;
         }
         if !self.rekey.queued && now >= self.rekey.due {
@@ -430,5 +452,139 @@ impl Session {
     /// Bytes held for partly received messages.
     pub(crate) fn reassembly_bytes(&self) -> usize {
         self.reassembly_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolId;
+    use alloc::vec;
+
+    /// A receiving session and the cipher that seals records for it.
+    fn receiver(config: &Config) -> (Session, CipherState) {
+        let channels = vec![
+            SharedProtocol { id: ProtocolId(0), channel: 1, message_count: 4 },
+            SharedProtocol { id: ProtocolId(1), channel: 2, message_count: 4 },
+        ];
+        let s = Session::new(
+            (CipherState::new([1; 32]), CipherState::new([2; 32])),
+            NodeId([9; 32]),
+            channels,
+            2,
+            u64::MAX,
+            config,
+            Instant::ZERO,
+        );
+        (s, CipherState::new([2; 32]))
+    }
+
+    fn chunk(out: &mut Vec<u8>, channel: u64, start: Option<(u64, u64)>, last: bool, data: &[u8]) {
+        let st = start.map(|(t, n)| MessageStart { msg_type: t, total_len: n });
+        let at = out.len();
+        out.resize(at + chunk::data_header_len(channel, st, data.len() as u64), 0);
+        chunk::write_data_header(&mut out[at..], channel, st, last, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    fn feed(
+        s: &mut Session,
+        c: &mut CipherState,
+        plain: &[u8],
+        config: &Config,
+    ) -> Result<Vec<Event>, DisconnectReason> {
+        let mut body = plain.to_vec();
+        let tag = c.seal_in_place(&[], &mut body).expect("seal");
+        body.extend_from_slice(&tag);
+        let n = s.open_record(&mut body)?;
+        let mut ev = VecDeque::new();
+        s.process_record(&body[..n], config, Instant::ZERO, &mut ev)?;
+        Ok(ev.into_iter().collect())
+    }
+
+    #[test]
+    fn interleaved_channels_reassemble() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((1, 6)), false, b"abc");
+        chunk(&mut r, 2, Some((2, 2)), false, b"x");
+        chunk(&mut r, 1, None, true, b"def");
+        chunk(&mut r, 2, None, true, b"y");
+        let ev = feed(&mut s, &mut c, &r, &config).unwrap();
+        let payloads: Vec<&[u8]> = ev
+            .iter()
+            .map(|e| match e {
+                Event::Message { payload, .. } => &payload[..],
+                _ => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, vec![&b"abcdef"[..], &b"xy"[..]]);
+    }
+
+    #[test]
+    fn reassembly_memory_is_capped_per_peer() {
+        let config =
+            Config { max_message_size: 100_000, max_reassembly_per_peer: 150_000, ..Config::default() };
+        let (mut s, mut c) = receiver(&config);
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((0, 100_000)), false, b"start");
+        assert!(feed(&mut s, &mut c, &r, &config).unwrap().is_empty());
+        assert_eq!(s.reassembly_bytes(), 100_000);
+        r.clear();
+        chunk(&mut r, 2, Some((0, 100_000)), false, b"start");
+        assert_eq!(feed(&mut s, &mut c, &r, &config), Err(DisconnectReason::ResourceLimit));
+    }
+
+    #[test]
+    fn malformed_chunk_sequences_are_rejected() {
+        let config = Config { max_message_size: 1000, ..Config::default() };
+        let cases: Vec<(Vec<u8>, DisconnectReason)> = {
+            let mut v = Vec::new();
+            let mut r = Vec::new();
+            chunk(&mut r, 1, Some((0, 2000)), false, b"x");
+            v.push((r, DisconnectReason::MessageTooLarge));
+            let mut r = Vec::new();
+            chunk(&mut r, 1, None, true, b"x");
+            v.push((r, DisconnectReason::ProtocolViolation));
+            let mut r = Vec::new();
+            chunk(&mut r, 3, Some((0, 1)), true, b"x");
+            v.push((r, DisconnectReason::UnknownMessageType));
+            let mut r = Vec::new();
+            chunk(&mut r, 1, Some((4, 1)), true, b"x");
+            v.push((r, DisconnectReason::UnknownMessageType));
+            let mut r = Vec::new();
+            chunk(&mut r, 1, Some((0, 3)), true, b"x");
+            v.push((r, DisconnectReason::ProtocolViolation));
+            let mut r = Vec::new();
+            chunk(&mut r, 1, Some((0, 3)), false, b"x");
+            chunk(&mut r, 1, Some((0, 3)), false, b"x");
+            v.push((r, DisconnectReason::ProtocolViolation));
+            let mut r = Vec::new();
+            chunk(&mut r, 0, Some((0, 3)), true, b"xyz");
+            v.push((r, DisconnectReason::ProtocolViolation));
+            v.push((vec![0x05], DisconnectReason::ProtocolViolation));
+            v
+        };
+        for (plain, want) in cases {
+            let (mut s, mut c) = receiver(&config);
+            assert_eq!(feed(&mut s, &mut c, &plain, &config), Err(want), "{plain:02x?}");
+        }
+    }
+
+    #[test]
+    fn two_rekeys_in_one_record_advance_the_key_twice() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let mut r = Vec::new();
+        for _ in 0..2 {
+            chunk(&mut r, 0, Some((crate::control::kind::REKEY, 0)), true, b"");
+        }
+        feed(&mut s, &mut c, &r, &config).unwrap();
+        c.rekey();
+        c.rekey();
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((0, 2)), true, b"ok");
+        assert_eq!(feed(&mut s, &mut c, &r, &config).unwrap().len(), 1);
     }
 }

@@ -52,6 +52,9 @@ pub(crate) struct Pair {
     in_flight: VecDeque<Packet>,
     pub(crate) events_a: Vec<Event>,
     pub(crate) events_b: Vec<Event>,
+    /// When each event was polled.
+    pub(crate) times_a: Vec<Instant>,
+    pub(crate) times_b: Vec<Instant>,
     pub(crate) latency: Duration,
     /// Stop delivering bytes (a partition) while true.
     pub(crate) partitioned: bool,
@@ -100,6 +103,8 @@ impl Pair {
             in_flight: VecDeque::new(),
             events_a: Vec::new(),
             events_b: Vec::new(),
+            times_a: Vec::new(),
+            times_b: Vec::new(),
             latency: Duration::from_millis(5),
             partitioned: false,
             b_stalled: false,
@@ -219,8 +224,14 @@ impl Pair {
             while let Some(e) = self.node(s).poll_event() {
                 progress = true;
                 match s {
-                    Side::A => self.events_a.push(e),
-                    Side::B => self.events_b.push(e),
+                    Side::A => {
+                        self.events_a.push(e);
+                        self.times_a.push(now);
+                    }
+                    Side::B => {
+                        self.events_b.push(e);
+                        self.times_b.push(now);
+                    }
                 }
             }
         }
@@ -300,8 +311,14 @@ impl Pair {
     /// Removes and returns the events of side `s`.
     pub(crate) fn take_events(&mut self, s: Side) -> Vec<Event> {
         match s {
-            Side::A => core::mem::take(&mut self.events_a),
-            Side::B => core::mem::take(&mut self.events_b),
+            Side::A => {
+                self.times_a.clear();
+                core::mem::take(&mut self.events_a)
+            }
+            Side::B => {
+                self.times_b.clear();
+                core::mem::take(&mut self.events_b)
+            }
         }
     }
 }
