@@ -19,8 +19,8 @@ pub struct Config {
     /// Largest message payload accepted from a peer, and advertised to it
     /// (default 4 MiB, at least 1 MiB is recommended).
     pub max_message_size: u64,
-    /// Largest record plaintext this node sends (default 16 KiB, at most
-    /// [`MAX_RECORD_PLAINTEXT`]). Smaller records bound how long one large
+    /// Largest record plaintext this node sends (default and maximum
+    /// [`MAX_RECORD_PLAINTEXT`], 65,519 bytes). Smaller records bound how long one large
     /// message delays others; larger ones cost fewer AEAD calls.
     pub max_record_size: usize,
     /// Most bytes `poll_transmit` writes into one buffer (default 256 KiB).
@@ -65,7 +65,7 @@ impl Default for Config {
         Config {
             protocols: Vec::new(),
             max_message_size: 4 << 20,
-            max_record_size: 16 << 10,
+            max_record_size: MAX_RECORD_PLAINTEXT,
             max_transmit_size: 256 << 10,
             max_queued_per_peer: 8 << 20,
             max_queued_total: 256 << 20,

@@ -17,7 +17,7 @@ impl NodeId {
         &self.0
     }
 
-    /// The node's position in the Kademlia key space: `BLAKE2s("devp2p/kad" || key)`.
+    /// The node's position in the Kademlia key space: `SHA-256("devp2p/kad" || key)`.
     ///
     /// This is the only place where a key becomes a distance. The hash is
     /// needed because an X25519 public key is not uniform (its top bit is

@@ -25,7 +25,7 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | `crypto` | BLAKE2s/HKDF, ChaCha20-Poly1305 cipher state, Noise handshakes |
+//! | `crypto` | SHA-256/HKDF, ChaCha20-Poly1305 cipher state, Noise handshakes |
 //! | `handshake` | first-packet paths (full, introduced, resumption) and retries |
 //! | `protocol` | sub-protocol registration, hello payload, negotiation |
 //! | `chunk`, `control`, `varint` | wire codecs |

@@ -497,8 +497,8 @@ impl Node {
             now,
         );
         let outbound = conn.direction == Direction::Outbound;
-        if outbound {
-            // Key confirmation for the responder, and a first RTT sample.
+        if outbound && path != HandshakePath::Full {
+            // Key confirmation for the responder of a 1-RTT path (and a first RTT sample).
             session.start_ping(now);
         }
         let has_shared = !session.protocols().is_empty();

@@ -1,9 +1,10 @@
-//! BLAKE2s as the Noise `HASH`, with the Noise `HMAC-HASH` and `HKDF` built on it.
+//! SHA-256 as the Noise `HASH`, with the Noise `HMAC-HASH` and `HKDF` built on it.
 //!
 //! [Noise rev 34 §4.3](https://noiseprotocol.org/noise.html#hash-functions):
-//! `HASHLEN = 32`, `BLOCKLEN = 64`.
+//! `HASHLEN = 32`, `BLOCKLEN = 64`. The `sha2` crate uses the CPU's SHA
+//! instructions where present (x86 SHA-NI, ARMv8 crypto extensions).
 
-use blake2::{Blake2s256, Digest};
+use sha2::{Digest, Sha256};
 
 /// Output length of the hash, in bytes.
 pub(crate) const HASHLEN: usize = 32;
@@ -15,7 +16,7 @@ pub(crate) type Hash = [u8; HASHLEN];
 
 /// `HASH(a || b)`.
 pub(crate) fn hash2(a: &[u8], b: &[u8]) -> Hash {
-    let mut h = Blake2s256::new();
+    let mut h = Sha256::new();
     h.update(a);
     h.update(b);
     h.finalize().into()
@@ -23,7 +24,7 @@ pub(crate) fn hash2(a: &[u8], b: &[u8]) -> Hash {
 
 /// `HASH(data)`.
 pub(crate) fn hash(data: &[u8]) -> Hash {
-    Blake2s256::digest(data).into()
+    Sha256::digest(data).into()
 }
 
 /// `HMAC-HASH(key, parts[0] || parts[1] || ...)` per RFC 2104.
@@ -34,13 +35,13 @@ pub(crate) fn hmac(key: &[u8; HASHLEN], parts: &[&[u8]]) -> Hash {
         ipad[i] ^= k;
         opad[i] ^= k;
     }
-    let mut inner = Blake2s256::new();
+    let mut inner = Sha256::new();
     inner.update(ipad);
     for p in parts {
         inner.update(p);
     }
     let inner: Hash = inner.finalize().into();
-    let mut outer = Blake2s256::new();
+    let mut outer = Sha256::new();
     outer.update(opad);
     outer.update(inner);
     outer.finalize().into()
@@ -69,10 +70,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blake2s_empty_matches_rfc7693() {
-        // RFC 7693 Appendix B is "abc"; BLAKE2s-256("abc"):
-        let h = hash(b"abc");
-        assert_eq!(h[..8], [0x50, 0x8C, 0x5E, 0x8C, 0x32, 0x7C, 0x14, 0xE2], "BLAKE2s-256(abc) prefix");
+    fn sha256_matches_fips180_example() {
+        // FIPS 180-2 Appendix B.1: SHA-256("abc") = ba7816bf 8f01cfea ...
+        assert_eq!(hash(b"abc")[..8], [0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea]);
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe" (zero-padded to 32 bytes is the
+        // same HMAC key block), data "what do ya want for nothing?".
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        let mac = hmac(&key, &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(mac[..8], [0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Cryptographic building blocks: the Noise hash functions (BLAKE2s), the
+//! Cryptographic building blocks: the Noise hash functions (SHA-256), the
 //! ChaCha20-Poly1305 cipher state and the Noise handshake state machine.
 
 pub(crate) mod cipher;

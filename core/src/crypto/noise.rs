@@ -1,5 +1,5 @@
 //! The Noise handshake ([Noise rev 34](https://noiseprotocol.org/noise.html) §5.2–§5.3, §9)
-//! for the three patterns devp2p uses, on X25519, ChaCha20-Poly1305 and BLAKE2s.
+//! for the three patterns devp2p uses, on X25519, ChaCha20-Poly1305 and SHA-256.
 //!
 //! This is a small interpreter of handshake patterns: a [`Pattern`] is a list
 //! of message patterns made of [`Token`]s, and [`HandshakeState`] executes
@@ -30,7 +30,7 @@ pub(crate) enum Token {
 /// A handshake pattern: its Noise name, the responder pre-message and its message patterns.
 #[derive(Debug)]
 pub(crate) struct Pattern {
-    /// The full Noise protocol name, e.g. `Noise_XX_25519_ChaChaPoly_BLAKE2s`.
+    /// The full Noise protocol name, e.g. `Noise_XX_25519_ChaChaPoly_SHA256`.
     pub(crate) protocol_name: &'static str,
     /// Whether the responder's static key is a pre-message (`<- s`).
     pub(crate) responder_static_known: bool,
@@ -42,14 +42,14 @@ use Token::*;
 
 /// `XX`: mutual authentication with no prior knowledge; 1.5 round trips.
 pub(crate) static XX: Pattern = Pattern {
-    protocol_name: "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+    protocol_name: "Noise_XX_25519_ChaChaPoly_SHA256",
     responder_static_known: false,
     messages: &[&[E], &[E, Ee, S, Es], &[S, Se]],
 };
 
 /// `IK`: the initiator knows the responder's static key; 1 round trip.
 pub(crate) static IK: Pattern = Pattern {
-    protocol_name: "Noise_IK_25519_ChaChaPoly_BLAKE2s",
+    protocol_name: "Noise_IK_25519_ChaChaPoly_SHA256",
     responder_static_known: true,
     messages: &[&[E, Es, S, Ss], &[E, Ee, Se]],
 };
@@ -57,7 +57,7 @@ pub(crate) static IK: Pattern = Pattern {
 /// `NNpsk0`: resumption keyed by a pre-shared secret from a previous session,
 /// with a fresh ephemeral-ephemeral DH for forward secrecy; 1 round trip.
 pub(crate) static NNPSK0: Pattern = Pattern {
-    protocol_name: "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s",
+    protocol_name: "Noise_NNpsk0_25519_ChaChaPoly_SHA256",
     responder_static_known: false,
     messages: &[&[Psk, E], &[E, Ee]],
 };
