@@ -64,9 +64,10 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// True while the handshake is in progress.
+    /// True until the peer is announced (handshake in progress, or a
+    /// 1-RTT responder waiting for the initiator's first record).
     pub(crate) fn is_handshaking(&self) -> bool {
-        matches!(self.phase, Phase::Handshake(_))
+        matches!(self.phase, Phase::Handshake(_) | Phase::Established { announced: false, .. })
     }
 
     /// True if bytes are waiting for `poll_transmit`.

@@ -450,15 +450,21 @@ impl Node {
                 }
                 let plain_len =
                     session.open_record(frame).map_err(|reason| CloseCause { reason, remote: false })?;
-                if !*announced {
-                    // The first authenticated record confirms the
-                    // initiator's keys (1-RTT paths): announce now.
-                    self.announce(id, conn, now)?;
-                }
-                let Phase::Established { session, .. } = &mut conn.phase else {
-                    unreachable!("phase checked above")
+                let outcome = if *announced {
+                    session.process_record(&frame[..plain_len], &self.config, now, &mut self.events)
+                } else {
+                    // The first authenticated record confirms the initiator
+                    // (1-RTT paths): announce before its messages, unless it
+                    // only says goodbye.
+                    let mut first = VecDeque::new();
+                    let outcome = session.process_record(&frame[..plain_len], &self.config, now, &mut first);
+                    if outcome == Ok(RecordOutcome::Continue) {
+                        self.announce(id, conn, now)?;
+                    }
+                    self.events.extend(first);
+                    outcome
                 };
-                match session.process_record(&frame[..plain_len], &self.config, now, &mut self.events) {
+                match outcome {
                     Ok(RecordOutcome::Continue) => Ok(true),
                     Ok(RecordOutcome::RemoteDisconnect(reason)) => Err(CloseCause { reason, remote: true }),
                     Err(reason) => Err(CloseCause { reason, remote: false }),

@@ -71,7 +71,7 @@ impl DisconnectReason {
     /// The reason as sent to the peer: local-only reasons become `Requested`.
     pub fn on_wire(self) -> Self {
         match self {
-            DisconnectReason::TransportClosed => DisconnectReason::Requested,
+            DisconnectReason::TransportClosed | DisconnectReason::Unknown(255) => DisconnectReason::Requested,
             r => r,
         }
     }
