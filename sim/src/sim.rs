@@ -174,6 +174,7 @@ pub struct Sim {
     stats: Stats,
     traffic: Option<Traffic>,
     buf: Vec<u8>,
+    by_id: BTreeMap<NodeId, usize>,
 }
 
 const TR_DELIVER: u64 = 1;
@@ -202,6 +203,7 @@ impl Sim {
             stats: Stats::default(),
             traffic: None,
             buf: Vec::new(),
+            by_id: BTreeMap::new(),
         }
     }
 
@@ -230,6 +232,7 @@ impl Sim {
             datagrams: Vec::new(),
         };
         h.node = Some(self.make_node(&h.key));
+        self.by_id.insert(h.key.node_id(), self.hosts.len());
         self.hosts.push(h);
         HostId(self.hosts.len() - 1)
     }
@@ -267,6 +270,11 @@ impl Sim {
     /// The message ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Whether invariants are checked after every step.
+    pub fn set_check_every_step(&mut self, on: bool) {
+        self.config.check_every_step = on;
     }
 
     /// Counters.
@@ -641,7 +649,7 @@ impl Sim {
             let peers: Vec<NodeId> = self.hosts[host].peer_conn.keys().copied().collect();
             if !peers.is_empty() {
                 let pick = peers[(self.rng.next_u64() % peers.len() as u64) as usize];
-                if let Some(to) = self.hosts.iter().position(|h| h.key.node_id() == pick) {
+                if let Some(&to) = self.by_id.get(&pick) {
                     let ty = self.rng.next_u32() % 4;
                     self.send(HostId(host), HostId(to), 0, ty, t.size);
                 }
