@@ -62,6 +62,9 @@ pub mod varint;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
