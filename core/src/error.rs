@@ -53,3 +53,7 @@ impl fmt::Display for ConnectError {
         })
     }
 }
+
+impl core::error::Error for SendError {}
+
+impl core::error::Error for ConnectError {}

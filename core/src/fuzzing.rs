@@ -168,7 +168,8 @@ fn drain(n: &mut Node, now: Instant) -> (Vec<u8>, Vec<Event>) {
 fn check_bounds(n: &Node) {
     let c = n.config();
     let conns = n.connection_count();
-    let bound = c.max_queued_total + conns * (c.max_reassembly_per_peer + c.max_message_size as usize + 3 * 65_537);
+    let bound =
+        c.max_queued_total + conns * (c.max_reassembly_per_peer + c.max_message_size as usize + 3 * 65_537);
     assert!(n.buffered_bytes() <= bound, "node holds {} bytes, bound {bound}", n.buffered_bytes());
     assert!(conns <= c.max_connections);
 }

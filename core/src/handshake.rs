@@ -409,3 +409,5 @@ impl Handshake {
         Ok(Some(Completed { peer, path, keys: noise.finish(), remote_hello }))
     }
 }
+
+impl core::error::Error for HandshakeError {}

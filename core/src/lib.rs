@@ -33,6 +33,8 @@
 //! | `connection` | framing and phases of one transport |
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
+//! | `waiters` | dials and sends a runtime's async API waits on |
+//! | `addr` | `NODEID@host:port` addresses |
 //!
 //! The wire format is specified byte for byte in `SPEC.md`.
 #![no_std]
@@ -41,6 +43,7 @@
 
 extern crate alloc;
 
+mod addr;
 mod chunk;
 mod config;
 mod connection;
@@ -58,6 +61,7 @@ mod rng;
 mod session;
 mod time;
 pub mod varint;
+mod waiters;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +69,7 @@ mod tests;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+pub use addr::{ParseAddrError, PeerAddr};
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
@@ -80,3 +85,4 @@ pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
 pub use time::Instant;
+pub use waiters::Waiters;

@@ -754,3 +754,5 @@ impl Node {
             .min()
     }
 }
+
+impl core::error::Error for ConfigError {}

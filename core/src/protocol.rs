@@ -204,6 +204,8 @@ pub(crate) fn negotiate(local: &[Protocol], remote: &Hello) -> Vec<SharedProtoco
         .collect()
 }
 
+impl core::error::Error for HelloError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,6 +124,8 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
+impl core::error::Error for DisconnectReason {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

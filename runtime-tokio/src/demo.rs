@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use devp2p_core::{Bytes, Config, Event, HandshakePath, Keypair, NodeId, Protocol, ProtocolId};
 use rand_core::OsRng;
 
-use crate::{Node, NodeConfig, PeerAddr};
+use crate::{Node, NodeConfig};
+use devp2p_core::PeerAddr;
 
 /// What the demo observed.
 #[derive(Debug, Default, Clone)]
@@ -98,17 +99,32 @@ fn path_name(p: HandshakePath) -> &'static str {
     }
 }
 
-fn record_path(s: &mut Summary, node: &DemoNode, peer: NodeId, print: bool) {
-    let path = node.events().iter().rev().find_map(|e| match e {
-        Event::PeerConnected { peer: p, path, .. } if *p == peer => Some(*path),
-        _ => None,
-    });
-    if let Some(p) = path {
-        *s.paths.entry(path_name(p).to_string()).or_default() += 1;
-        if print {
-            println!("  connected {:?} -> {:?} by the {} path", node.node.node_id(), peer, path_name(p));
-        }
+fn paths_to(node: &DemoNode, peer: NodeId) -> Vec<HandshakePath> {
+    node.events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerConnected { peer: p, path, .. } if *p == peer => Some(*path),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Dials and records the path of the new connection (waiting for its event
+/// to reach the node's log).
+async fn dial(s: &mut Summary, node: &DemoNode, addr: PeerAddr, print: bool) -> Result<NodeId, String> {
+    let before = match addr.id {
+        Some(id) => paths_to(node, id).len(),
+        None => node.events().iter().filter(|e| matches!(e, Event::PeerConnected { .. })).count(),
+    };
+    let peer = node.node.dial(addr).await.map_err(|e| e.to_string())?;
+    let after = if addr.id == Some(peer) { before + 1 } else { paths_to(node, peer).len().max(1) };
+    node.wait_for("the connection event", |_| paths_to(node, peer).len() >= after).await?;
+    let p = *paths_to(node, peer).last().ok_or("no connection event")?;
+    *s.paths.entry(path_name(p).to_string()).or_default() += 1;
+    if print {
+        println!("  connected {:?} -> {:?} by the {} path", node.node.node_id(), peer, path_name(p));
     }
+    Ok(peer)
 }
 
 /// Runs the demo with `n` nodes (at least 3).
@@ -124,28 +140,22 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     for d in &nodes {
         println!("  {} (also {:?})", d.addr(), &d.node.listen_addrs()[1..]);
     }
-    let err = |e: crate::DialError| e.to_string();
-
     println!("1. node 0 dials node 1 by address only: full handshake");
-    let p1 = nodes[0].node.dial(nodes[1].plain_addr()).await.map_err(err)?;
-    record_path(&mut s, &nodes[0], p1, true);
+    let p1 = dial(&mut s, &nodes[0], nodes[1].plain_addr(), true).await?;
 
     println!("2. node 0 dials node 2 by NODEID@address: introduced 1-RTT handshake");
-    let p2 = nodes[0].node.dial(nodes[2].addr()).await.map_err(err)?;
-    record_path(&mut s, &nodes[0], p2, true);
+    let p2 = dial(&mut s, &nodes[0], nodes[2].addr(), true).await?;
 
     println!("3. node 0 drops node 1 and redials it: resumption keyed by the last session");
     nodes[0].node.disconnect(p1).await;
     nodes[1]
         .wait_for("disconnect", |ev| ev.iter().any(|e| matches!(e, Event::PeerDisconnected { .. })))
         .await?;
-    nodes[0].node.dial(nodes[1].addr()).await.map_err(err)?;
-    record_path(&mut s, &nodes[0], p1, true);
+    dial(&mut s, &nodes[0], nodes[1].addr(), true).await?;
 
     println!("4. node {} dials node 1 with a stale node ID: introduced fails, falls back to full", n - 1);
     let stale = PeerAddr::with_id(Keypair::generate(&mut OsRng).node_id(), nodes[1].addr().addr);
-    let got = nodes[n - 1].node.dial(stale).await.map_err(err)?;
-    record_path(&mut s, &nodes[n - 1], got, true);
+    dial(&mut s, &nodes[n - 1], stale, true).await?;
 
     println!("5. node 2 restarts and forgets its tickets; node 0 redials: resumption fails, falls back to introduced");
     let port = nodes[2].node.listen_addrs()[0].port();
@@ -157,13 +167,11 @@ pub async fn run(n: usize) -> Result<Summary, String> {
         .await?;
     let key2 = nodes[2].key.clone();
     nodes[2] = start(key2, port).await.map_err(|e| e.to_string())?;
-    nodes[0].node.dial(nodes[2].addr()).await.map_err(err)?;
-    record_path(&mut s, &nodes[0], p2, true);
+    dial(&mut s, &nodes[0], nodes[2].addr(), true).await?;
 
     println!("6. the other nodes dial node 0 by NODEID@address");
     for i in 3..n.saturating_sub(1) {
-        let p = nodes[i].node.dial(nodes[0].addr()).await.map_err(err)?;
-        record_path(&mut s, &nodes[i], p, false);
+        dial(&mut s, &nodes[i], nodes[0].addr(), false).await?;
     }
 
     for d in &nodes {

@@ -1,17 +1,18 @@
 //! The task that owns the core and the sockets: feeds inputs in, drains
 //! transmits, closes and events out, and sleeps until the next deadline.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
-use devp2p_core::{Bytes, ConnectionId, DisconnectReason, Event, NodeId, ProtocolId, SendError};
+use devp2p_core::{
+    Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::addr::PeerAddr;
 use crate::handle::DialError;
 
 /// Bytes read from a socket per input.
@@ -59,13 +60,8 @@ struct ConnIo {
     reader: JoinHandle<()>,
 }
 
-struct PendingSend {
-    peer: NodeId,
-    protocol: ProtocolId,
-    msg_type: u32,
-    payload: Bytes,
-    reply: oneshot::Sender<Result<(), SendError>>,
-}
+type DialReply = oneshot::Sender<Result<NodeId, DialError>>;
+type SendReply = oneshot::Sender<Result<(), SendError>>;
 
 pub(crate) struct Driver {
     core: devp2p_core::Node,
@@ -75,8 +71,8 @@ pub(crate) struct Driver {
     input_rx: mpsc::Receiver<Input>,
     events: mpsc::Sender<Event>,
     conns: HashMap<ConnectionId, ConnIo>,
-    dials: HashMap<ConnectionId, oneshot::Sender<Result<NodeId, DialError>>>,
-    pending: VecDeque<PendingSend>,
+    waiters: Waiters<DialReply, SendReply>,
+    replies: Vec<(SendReply, Result<(), SendError>)>,
     spare: Vec<Vec<u8>>,
     listeners: Vec<JoinHandle<()>>,
     shutdown: Vec<oneshot::Sender<()>>,
@@ -121,8 +117,8 @@ impl Driver {
             input_rx,
             events,
             conns: HashMap::new(),
-            dials: HashMap::new(),
-            pending: VecDeque::new(),
+            waiters: Waiters::default(),
+            replies: Vec::new(),
             spare: Vec::new(),
             listeners,
             shutdown: Vec::new(),
@@ -218,18 +214,10 @@ impl Driver {
                 });
             }
             Command::Send { peer, protocol, msg_type, payload, reply } => {
-                // Keep order behind sends already waiting for this peer.
-                if self.pending.iter().any(|p| p.peer == peer) {
-                    self.pending.push_back(PendingSend { peer, protocol, msg_type, payload, reply });
-                    return;
-                }
-                match self.core.send(&peer, protocol, msg_type, payload.clone()) {
-                    Err(SendError::QueueFull) => {
-                        self.pending.push_back(PendingSend { peer, protocol, msg_type, payload, reply })
-                    }
-                    r => {
-                        let _ = reply.send(r);
-                    }
+                if let Some((reply, r)) =
+                    self.waiters.send(&mut self.core, peer, protocol, msg_type, payload, reply)
+                {
+                    let _ = reply.send(r);
                 }
             }
             Command::Disconnect { peer } => {
@@ -304,12 +292,9 @@ impl Driver {
                     let _ = reply.send(Err(DialError::Stopped));
                     return;
                 }
-                match self.core.connect(target, now) {
-                    Ok(id) => {
-                        self.register(stream, id);
-                        self.dials.insert(id, reply);
-                    }
-                    Err(e) => {
+                match self.waiters.dial(&mut self.core, target, reply, now) {
+                    Ok(id) => self.register(stream, id),
+                    Err((reply, e)) => {
                         let _ = reply.send(Err(DialError::Refused(e)));
                     }
                 }
@@ -326,32 +311,14 @@ impl Driver {
         }
     }
 
-    fn retry_pending(&mut self) {
-        let mut blocked: Vec<NodeId> = Vec::new();
-        let mut keep = VecDeque::new();
-        while let Some(p) = self.pending.pop_front() {
-            if blocked.contains(&p.peer) {
-                keep.push_back(p);
-                continue;
-            }
-            match self.core.send(&p.peer, p.protocol, p.msg_type, p.payload.clone()) {
-                Err(SendError::QueueFull) => {
-                    blocked.push(p.peer);
-                    keep.push_back(p);
-                }
-                r => {
-                    let _ = p.reply.send(r);
-                }
-            }
-        }
-        self.pending = keep;
-    }
-
     /// Drains the core's outputs.
     async fn flush(&mut self) {
         loop {
-            if !self.pending.is_empty() {
-                self.retry_pending();
+            if self.waiters.has_waiting_sends() {
+                self.waiters.retry_sends(&mut self.core, &mut self.replies);
+                for (reply, r) in self.replies.drain(..) {
+                    let _ = reply.send(r);
+                }
             }
             let now = self.now();
             let mut progress = false;
@@ -376,7 +343,7 @@ impl Driver {
                     io.reader.abort();
                     // Dropping the writer's sender lets it finish and shut down.
                 }
-                if let Some(reply) = self.dials.remove(&id) {
+                if let Some(reply) = self.waiters.on_close(id) {
                     let _ = reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
                 }
             }
@@ -394,27 +361,15 @@ impl Driver {
     }
 
     fn route_event(&mut self, ev: &Event) {
+        if let Some((reply, r)) = self.waiters.on_event(&self.core, ev) {
+            let _ = reply.send(r.map_err(DialError::Handshake));
+        }
         match ev {
-            Event::PeerConnected { peer, connection, path, direction, .. } => {
+            Event::PeerConnected { peer, path, direction, .. } => {
                 tracing::info!(%peer, ?path, ?direction, "peer connected");
-                if let Some(reply) = self.dials.remove(connection) {
-                    let _ = reply.send(Ok(*peer));
-                }
             }
-            Event::ConnectionFailed { connection, reason, peer } => {
+            Event::ConnectionFailed { connection, reason, .. } => {
                 tracing::info!(conn = %connection, %reason, "connection failed");
-                if let Some(reply) = self.dials.remove(connection) {
-                    let r = match peer {
-                        Some(p)
-                            if *reason == DisconnectReason::DuplicateConnection
-                                && self.core.is_connected(p) =>
-                        {
-                            Ok(*p)
-                        }
-                        _ => Err(DialError::Handshake(*reason)),
-                    };
-                    let _ = reply.send(r);
-                }
             }
             Event::PeerDisconnected { peer, reason, unsent, .. } => {
                 tracing::info!(%peer, %reason, unsent = unsent.len(), "peer disconnected");

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::addr::PeerAddr;
 use crate::driver::{Command, Driver};
+use devp2p_core::PeerAddr;
 
 /// How to start a node.
 #[derive(Debug, Clone)]

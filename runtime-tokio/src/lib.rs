@@ -28,15 +28,13 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-mod addr;
 mod driver;
 mod handle;
 
 pub mod demo;
 
-pub use addr::{ParseAddrError, PeerAddr};
 pub use devp2p_core::{
     Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair, NodeId,
-    Protocol, ProtocolId, SendError, UnsentMessage,
+    ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
 };
 pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

@@ -148,6 +148,8 @@ impl CipherState {
     }
 }
 
+impl core::error::Error for CryptoError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 //! Peer addresses: `host:port` or `NODEID@host:port`.
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::str::FromStr;
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+use core::net::SocketAddr;
+use core::str::FromStr;
 
-use devp2p_core::NodeId;
+use crate::identity::NodeId;
 
 /// Where to dial a peer, and its node ID if known (from introduction or a
 /// previous session): knowing it enables the 1-RTT and resumption paths.
@@ -39,7 +41,7 @@ impl fmt::Display for ParseAddrError {
     }
 }
 
-impl std::error::Error for ParseAddrError {}
+impl core::error::Error for ParseAddrError {}
 
 impl FromStr for PeerAddr {
     type Err = ParseAddrError;
@@ -54,7 +56,7 @@ impl FromStr for PeerAddr {
             ),
             None => (None, s),
         };
-        let addr = rest.parse().map_err(|_| ParseAddrError(format!("bad socket address in {s}")))?;
+        let addr = rest.parse().map_err(|_| ParseAddrError(alloc::format!("bad socket address in {s}")))?;
         Ok(PeerAddr { id, addr })
     }
 }
@@ -71,6 +73,8 @@ impl fmt::Display for PeerAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
 
     #[test]
     fn parses_both_forms() {
