@@ -266,9 +266,8 @@ pub fn node_ops(data: &[u8]) {
     let mut ba: Vec<u8> = Vec::new();
     let mut tampered = false;
     let mut sent: VecDeque<Bytes> = VecDeque::new();
-    let mut ops = data.chunks(4);
     let b_id = b.node_id();
-    while let Some(op) = ops.next() {
+    for op in data.chunks(4) {
         let arg = |i: usize| op.get(i).copied().unwrap_or(0);
         match arg(0) % 10 {
             0 if link.is_none() => {
@@ -309,12 +308,10 @@ pub fn node_ops(data: &[u8]) {
                     tampered = true;
                 }
             }
-            6 => {
-                if !ab.is_empty() {
-                    let i = usize::from(arg(1)) % ab.len();
-                    ab[i] ^= 1 << (arg(2) % 8);
-                    tampered = true;
-                }
+            6 if !ab.is_empty() => {
+                let i = usize::from(arg(1)) % ab.len();
+                ab[i] ^= 1 << (arg(2) % 8);
+                tampered = true;
             }
             7 => {
                 now = now + Duration::from_millis(u64::from(arg(1)) * 500);
