@@ -1,30 +1,125 @@
-//! Shared helpers for the cross-crate integration tests.
+//! Shared helpers for the cross-crate integration tests: nodes on either
+//! runtime behind one type, so the same suite runs tokio↔tokio, tokio↔smol
+//! and smol↔tokio.
 
 use std::time::Duration;
 
-use devp2p_tokio::{Config, Event, Events, Keypair, Node, NodeConfig, Protocol};
+use devp2p_core::{Bytes, Config, Event, Keypair, NodeId, PeerAddr, Protocol, ProtocolId};
 
 /// The protocols every test node registers.
 pub fn protocols() -> Vec<Protocol> {
     vec![Protocol::new("chat", 1, 4), Protocol::new("blocks", 1, 8), Protocol::new("state", 2, 2)]
 }
 
-/// Starts a tokio node listening on `listen`.
-pub async fn spawn(listen: &str) -> (Node, Events) {
-    let cfg = NodeConfig::new(Config::with_protocols(protocols())).listen(listen.parse().expect("addr"));
-    Node::spawn(cfg).await.expect("spawn")
+/// Which runtime drives a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `devp2p-tokio`.
+    Tokio,
+    /// `devp2p-smol`.
+    Smol,
 }
 
-/// Starts a tokio node with identity `key` listening on `listen`.
-pub async fn spawn_with(listen: &str, key: Keypair) -> (Node, Events) {
-    let cfg = NodeConfig::new(Config::with_protocols(protocols()))
-        .listen(listen.parse().expect("addr"))
-        .keypair(key);
-    Node::spawn(cfg).await.expect("spawn")
+/// A node on either runtime.
+#[derive(Clone, Debug)]
+pub enum AnyNode {
+    /// A tokio node.
+    Tokio(devp2p_tokio::Node),
+    /// A smol node.
+    Smol(devp2p_smol::Node),
+}
+
+/// The event stream of either runtime.
+#[derive(Debug)]
+pub enum AnyEvents {
+    /// Of a tokio node.
+    Tokio(devp2p_tokio::Events),
+    /// Of a smol node.
+    Smol(devp2p_smol::Events),
+}
+
+impl AnyEvents {
+    /// The next event.
+    pub async fn next(&mut self) -> Option<Event> {
+        match self {
+            AnyEvents::Tokio(e) => e.next().await,
+            AnyEvents::Smol(e) => e.next().await,
+        }
+    }
+}
+
+/// Starts a node on `rt` listening on `listen`, with identity `key` if given.
+pub async fn spawn_on(rt: Runtime, listen: &str, key: Option<Keypair>) -> (AnyNode, AnyEvents) {
+    let addr = listen.parse().expect("addr");
+    match rt {
+        Runtime::Tokio => {
+            let mut cfg = devp2p_tokio::NodeConfig::new(Config::with_protocols(protocols())).listen(addr);
+            cfg.keypair = key;
+            let (n, e) = devp2p_tokio::Node::spawn(cfg).await.expect("spawn");
+            (AnyNode::Tokio(n), AnyEvents::Tokio(e))
+        }
+        Runtime::Smol => {
+            let mut cfg = devp2p_smol::NodeConfig::new(Config::with_protocols(protocols())).listen(addr);
+            cfg.keypair = key;
+            let (n, e) = devp2p_smol::Node::spawn(cfg).await.expect("spawn");
+            (AnyNode::Smol(n), AnyEvents::Smol(e))
+        }
+    }
+}
+
+impl AnyNode {
+    /// The node's ID.
+    pub fn node_id(&self) -> NodeId {
+        match self {
+            AnyNode::Tokio(n) => n.node_id(),
+            AnyNode::Smol(n) => n.node_id(),
+        }
+    }
+
+    /// `NODEID@addr` of the first listener.
+    pub fn peer_addr(&self) -> PeerAddr {
+        match self {
+            AnyNode::Tokio(n) => n.peer_addr(),
+            AnyNode::Smol(n) => n.peer_addr(),
+        }
+        .expect("listening")
+    }
+
+    /// Dials.
+    pub async fn dial(&self, addr: PeerAddr) -> Result<NodeId, String> {
+        match self {
+            AnyNode::Tokio(n) => n.dial(addr).await.map_err(|e| e.to_string()),
+            AnyNode::Smol(n) => n.dial(addr).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Sends, waiting for queue space.
+    pub async fn send(&self, peer: NodeId, p: ProtocolId, t: u32, payload: Bytes) -> Result<(), String> {
+        match self {
+            AnyNode::Tokio(n) => n.send(peer, p, t, payload).await.map_err(|e| e.to_string()),
+            AnyNode::Smol(n) => n.send(peer, p, t, payload).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Disconnects a peer.
+    pub async fn disconnect(&self, peer: NodeId) {
+        match self {
+            AnyNode::Tokio(n) => n.disconnect(peer).await,
+            AnyNode::Smol(n) => n.disconnect(peer).await,
+        }
+    }
+
+    /// Stops the node.
+    pub async fn shutdown(&self) {
+        match self {
+            AnyNode::Tokio(n) => n.shutdown().await,
+            AnyNode::Smol(n) => n.shutdown().await,
+        }
+    }
 }
 
 /// Waits for the first event matching `f`, failing after 30 s.
-pub async fn expect_event(events: &mut Events, mut f: impl FnMut(&Event) -> bool) -> Event {
+pub async fn expect_event(events: &mut AnyEvents, mut f: impl FnMut(&Event) -> bool) -> Event {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let e = events.next().await.expect("events ended");

@@ -1,0 +1,345 @@
+//! The task that owns the core and the sockets: feeds inputs in, drains
+//! transmits, closes and events out, and sleeps until the next deadline.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant as StdInstant};
+
+use devp2p_core::{
+    Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+};
+use smol::channel::{self, Receiver, Sender};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::net::{TcpListener, TcpStream};
+use smol::{Task, Timer};
+
+use crate::handle::DialError;
+
+/// Bytes read from a socket per input.
+const READ_CHUNK: usize = 64 << 10;
+
+type DialReply = Sender<Result<NodeId, DialError>>;
+type SendReply = Sender<Result<(), SendError>>;
+
+/// A command from a [`Node`](crate::Node) handle.
+pub(crate) enum Command {
+    Dial { addr: PeerAddr, reply: DialReply },
+    Send { peer: NodeId, protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: SendReply },
+    Disconnect { peer: NodeId },
+    Peers { reply: Sender<Vec<NodeId>> },
+    Rtt { peer: NodeId, reply: Sender<Option<Duration>> },
+    Shutdown { reply: Sender<()> },
+}
+
+/// Something that happened on a socket.
+enum Input {
+    Accepted(TcpStream),
+    Connected { stream: TcpStream, target: Option<NodeId>, reply: DialReply },
+    Data(ConnectionId, Vec<u8>),
+    Eof(ConnectionId),
+    Written(ConnectionId, Vec<u8>),
+}
+
+struct ConnIo {
+    writer: Sender<Vec<u8>>,
+    _reader: Task<()>,
+}
+
+enum Wake {
+    Input(Option<Input>),
+    Command(Option<Command>),
+    Timer,
+}
+
+pub(crate) struct Driver {
+    core: devp2p_core::Node,
+    start: StdInstant,
+    cmd_rx: Receiver<Command>,
+    input_tx: Sender<Input>,
+    input_rx: Receiver<Input>,
+    events: Sender<Event>,
+    conns: HashMap<ConnectionId, ConnIo>,
+    waiters: Waiters<DialReply, SendReply>,
+    replies: Vec<(SendReply, Result<(), SendError>)>,
+    spare: Vec<Vec<u8>>,
+    listeners: Vec<Task<()>>,
+    shutdown: Vec<Sender<()>>,
+    stopping: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        core: devp2p_core::Node,
+        cmd_rx: Receiver<Command>,
+        events: Sender<Event>,
+        listeners: Vec<TcpListener>,
+    ) -> Self {
+        let (input_tx, input_rx) = channel::bounded(256);
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                let tx = input_tx.clone();
+                smol::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((s, from)) => {
+                                tracing::debug!(%from, "accepted");
+                                if tx.send(Input::Accepted(s)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                Timer::after(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Driver {
+            core,
+            start: StdInstant::now(),
+            cmd_rx,
+            input_tx,
+            input_rx,
+            events,
+            conns: HashMap::new(),
+            waiters: Waiters::default(),
+            replies: Vec::new(),
+            spare: Vec::new(),
+            listeners,
+            shutdown: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn now(&self) -> devp2p_core::Instant {
+        devp2p_core::Instant::from_nanos(self.start.elapsed().as_nanos() as u64)
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.flush().await;
+            if self.stopping && self.core.connection_count() == 0 {
+                break;
+            }
+            let timer = match self.core.poll_timeout() {
+                Some(t) => Timer::at(self.start + Duration::from_nanos(t.as_nanos())),
+                None => Timer::never(),
+            };
+            let (input_rx, cmd_rx) = (&self.input_rx, &self.cmd_rx);
+            let wake = smol::future::or(
+                async { Wake::Input(input_rx.recv().await.ok()) },
+                smol::future::or(async { Wake::Command(cmd_rx.recv().await.ok()) }, async {
+                    timer.await;
+                    Wake::Timer
+                }),
+            )
+            .await;
+            match wake {
+                // The driver holds an input sender, so the channel never closes.
+                Wake::Input(Some(input)) => {
+                    self.handle_input(input);
+                    for _ in 0..64 {
+                        match self.input_rx.try_recv() {
+                            Ok(i) => self.handle_input(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Input(None) => {}
+                Wake::Command(Some(c)) => self.handle_command(c),
+                Wake::Command(None) => self.begin_shutdown(),
+                Wake::Timer => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+        }
+        self.listeners.clear();
+        self.conns.clear();
+        for s in self.shutdown.drain(..) {
+            let _ = s.try_send(());
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            self.listeners.clear();
+            let now = self.now();
+            self.core.shutdown(now);
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => {
+                if self.stopping {
+                    let _ = reply.try_send(Err(DialError::Stopped));
+                    return;
+                }
+                let tx = self.input_tx.clone();
+                smol::spawn(async move {
+                    match TcpStream::connect(addr.addr).await {
+                        Ok(stream) => {
+                            let _ = tx.send(Input::Connected { stream, target: addr.id, reply }).await;
+                        }
+                        Err(e) => {
+                            let _ = reply.try_send(Err(DialError::Io(e)));
+                        }
+                    }
+                })
+                .detach();
+            }
+            Command::Send { peer, protocol, msg_type, payload, reply } => {
+                if let Some((reply, r)) =
+                    self.waiters.send(&mut self.core, peer, protocol, msg_type, payload, reply)
+                {
+                    let _ = reply.try_send(r);
+                }
+            }
+            Command::Disconnect { peer } => {
+                let now = self.now();
+                self.core.disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Peers { reply } => {
+                let _ = reply.try_send(self.core.peers().collect());
+            }
+            Command::Rtt { peer, reply } => {
+                let _ = reply.try_send(self.core.rtt(&peer));
+            }
+            Command::Shutdown { reply } => {
+                self.shutdown.push(reply);
+                self.begin_shutdown();
+            }
+        }
+    }
+
+    fn register(&mut self, stream: TcpStream, id: ConnectionId) {
+        let _ = stream.set_nodelay(true);
+        let (wtx, wrx) = channel::unbounded::<Vec<u8>>();
+        let (mut wr, mut rd) = (stream.clone(), stream);
+        let tx = self.input_tx.clone();
+        smol::spawn(async move {
+            while let Ok(buf) = wrx.recv().await {
+                if let Err(e) = wr.write_all(&buf).await {
+                    tracing::debug!(conn = %id, error = %e, "write failed");
+                    let _ = tx.send(Input::Eof(id)).await;
+                    return;
+                }
+                if tx.send(Input::Written(id, buf)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown(std::net::Shutdown::Write);
+        })
+        .detach();
+        let tx = self.input_tx.clone();
+        let reader = smol::spawn(async move {
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Input::Eof(id)).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.send(Input::Data(id, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        self.conns.insert(id, ConnIo { writer: wtx, _reader: reader });
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Accepted(stream) => {
+                if self.stopping {
+                    return;
+                }
+                match self.core.accept(now) {
+                    Ok(id) => self.register(stream, id),
+                    Err(e) => tracing::debug!(error = %e, "inbound connection refused"),
+                }
+            }
+            Input::Connected { stream, target, reply } => {
+                if self.stopping {
+                    let _ = reply.try_send(Err(DialError::Stopped));
+                    return;
+                }
+                match self.waiters.dial(&mut self.core, target, reply, now) {
+                    Ok(id) => self.register(stream, id),
+                    Err((reply, e)) => {
+                        let _ = reply.try_send(Err(DialError::Refused(e)));
+                    }
+                }
+            }
+            Input::Data(id, mut buf) => self.core.handle_input(id, &mut buf, now),
+            Input::Eof(id) => self.core.handle_close(id, now),
+            Input::Written(id, mut buf) => {
+                self.core.handle_written(id, now);
+                if self.spare.len() < 64 {
+                    buf.clear();
+                    self.spare.push(buf);
+                }
+            }
+        }
+    }
+
+    /// Drains the core's outputs.
+    async fn flush(&mut self) {
+        loop {
+            if self.waiters.has_waiting_sends() {
+                self.waiters.retry_sends(&mut self.core, &mut self.replies);
+                for (reply, r) in self.replies.drain(..) {
+                    let _ = reply.try_send(r);
+                }
+            }
+            let now = self.now();
+            let mut progress = false;
+            loop {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                let Some(id) = self.core.poll_transmit(now, &mut buf) else {
+                    self.spare.push(buf);
+                    break;
+                };
+                progress = true;
+                match self.conns.get(&id) {
+                    Some(io) if io.writer.try_send(buf).is_ok() => {}
+                    _ => {
+                        self.core.handle_written(id, now);
+                        self.core.handle_close(id, now);
+                    }
+                }
+            }
+            while let Some(id) = self.core.poll_close() {
+                progress = true;
+                // Dropping the reader task cancels it; dropping the writer's
+                // sender lets it finish what it has and shut down.
+                self.conns.remove(&id);
+                if let Some(reply) = self.waiters.on_close(id) {
+                    let _ = reply.try_send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
+                }
+            }
+            while let Some(ev) = self.core.poll_event() {
+                progress = true;
+                if let Some((reply, r)) = self.waiters.on_event(&self.core, &ev) {
+                    let _ = reply.try_send(r.map_err(DialError::Handshake));
+                }
+                if let Event::HandshakeDowngraded { peer, from, to, .. } = &ev {
+                    tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+                }
+                // Nobody listening is fine: the node keeps serving its handles.
+                let _ = self.events.send(ev).await;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Nodes over real TCP, on every pairing of runtimes: 10,000 messages of
+//! mixed protocols and sizes both ways (content and order checked), every
+//! handshake path and both downgrades, malformed input and shutdown.
+
+use std::time::Duration;
+
+use devp2p_core::{Bytes, DisconnectReason, Event, HandshakePath, Keypair, NodeId, PeerAddr, ProtocolId};
+use devp2p_integration::{expect_event, spawn_on, AnyEvents, Runtime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use Runtime::{Smol, Tokio};
+
+/// Deterministic payload for message `i`: sizes from 0 to 1 MiB, mostly small.
+fn payload(i: u32) -> Bytes {
+    let len = match i % 1000 {
+        0 => 1 << 20,
+        1..=9 => 64 << 10,
+        _ => (i as usize * 7919) % 4096,
+    };
+    Bytes::from((0..len).map(|j| (i as usize * 131 + j) as u8).collect::<Vec<u8>>())
+}
+
+fn route(i: u32) -> (ProtocolId, u32) {
+    match i % 3 {
+        0 => (ProtocolId(0), i % 4),
+        1 => (ProtocolId(1), i % 8),
+        _ => (ProtocolId(2), i % 2),
+    }
+}
+
+const N: u32 = 10_000;
+
+async fn check(offset: u32, mut events: AnyEvents, from: NodeId) -> AnyEvents {
+    let mut next = 0u32;
+    while next < N {
+        let e = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("timely")
+            .expect("open");
+        if let Event::Message { peer, protocol, msg_type, payload: got } = e {
+            assert_eq!(peer, from);
+            let i = next + offset;
+            assert_eq!((protocol, msg_type), route(i), "message {next} route");
+            assert!(got == payload(i), "message {next} content");
+            next += 1;
+        }
+    }
+    events
+}
+
+async fn exchange_10k(ra: Runtime, rb: Runtime, listen: &str) {
+    let (a, ea) = spawn_on(ra, listen, None).await;
+    let (b, mut eb) = spawn_on(rb, listen, None).await;
+    let peer_b = a.dial(b.peer_addr()).await.expect("dial");
+    assert_eq!(peer_b, b.node_id());
+    let peer_a = a.node_id();
+    expect_event(&mut eb, |e| matches!(e, Event::PeerConnected { .. })).await;
+    let sa = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let (p, t) = route(i);
+                a.send(peer_b, p, t, payload(i)).await.expect("send a");
+            }
+        })
+    };
+    let sb = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let (p, t) = route(i + 1);
+                b.send(peer_a, p, t, payload(i + 1)).await.expect("send b");
+            }
+        })
+    };
+    let (mut eb, ea) = tokio::join!(check(0, eb, peer_a), check(1, ea, peer_b));
+    sa.await.expect("sender a");
+    sb.await.expect("sender b");
+    a.shutdown().await;
+    drop(ea);
+    let e = expect_event(&mut eb, |e| matches!(e, Event::PeerDisconnected { .. })).await;
+    let Event::PeerDisconnected { reason, remote, unsent, .. } = e else { unreachable!() };
+    assert_eq!(reason, DisconnectReason::Shutdown);
+    assert!(remote);
+    assert!(unsent.is_empty());
+    b.shutdown().await;
+}
+
+fn ipv6() -> bool {
+    let ok = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !ok {
+        eprintln!("SKIP: no IPv6 loopback on this machine");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_tokio_10k_messages_ipv4() {
+    exchange_10k(Tokio, Tokio, "127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_tokio_10k_messages_ipv6() {
+    if ipv6() {
+        exchange_10k(Tokio, Tokio, "[::1]:0").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_smol_10k_messages_ipv4() {
+    exchange_10k(Tokio, Smol, "127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_tokio_10k_messages_ipv6() {
+    if ipv6() {
+        exchange_10k(Smol, Tokio, "[::1]:0").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_smol_10k_messages_ipv4() {
+    exchange_10k(Smol, Smol, "127.0.0.1:0").await;
+}
+
+fn path_of(e: &Event) -> Option<HandshakePath> {
+    match e {
+        Event::PeerConnected { path, .. } => Some(*path),
+        _ => None,
+    }
+}
+
+async fn next_path(events: &mut AnyEvents) -> Option<HandshakePath> {
+    path_of(&expect_event(events, |e| path_of(e).is_some()).await)
+}
+
+/// A (runtime `ra`) and C (`ra`) dial B (runtime `rb`) by every path; B restarts.
+async fn every_path(ra: Runtime, rb: Runtime) {
+    let (a, mut ea) = spawn_on(ra, "127.0.0.1:0", None).await;
+    let key_b = Keypair::from_secret_bytes([42; 32]);
+    let (b, mut eb) = spawn_on(rb, "127.0.0.1:0", Some(key_b.clone())).await;
+    let b_addr = b.peer_addr();
+    let b_id = b.node_id();
+
+    // Full: dialled by address only.
+    a.dial(PeerAddr::from(b_addr.addr)).await.expect("full");
+    assert_eq!(next_path(&mut ea).await, Some(HandshakePath::Full));
+    assert_eq!(next_path(&mut eb).await, Some(HandshakePath::Full));
+
+    // Resumed: redialled by NODEID@address after a disconnect.
+    a.disconnect(b_id).await;
+    expect_event(&mut eb, |e| matches!(e, Event::PeerDisconnected { .. })).await;
+    expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { .. })).await;
+    a.dial(b_addr).await.expect("resume");
+    assert_eq!(next_path(&mut ea).await, Some(HandshakePath::Resumed));
+    assert_eq!(next_path(&mut eb).await, Some(HandshakePath::Resumed));
+    a.send(b_id, ProtocolId(0), 1, Bytes::from_static(b"after resumption")).await.expect("send");
+    expect_event(
+        &mut eb,
+        |e| matches!(e, Event::Message { payload, .. } if payload == &b"after resumption"[..]),
+    )
+    .await;
+
+    // Introduced: a fresh node that knows B's key.
+    let (c, mut ec) = spawn_on(ra, "127.0.0.1:0", None).await;
+    c.dial(b_addr).await.expect("introduced");
+    assert_eq!(next_path(&mut ec).await, Some(HandshakePath::Introduced));
+    assert_eq!(next_path(&mut eb).await, Some(HandshakePath::Introduced));
+
+    // Introduced → full: A dials B naming a stale key.
+    a.disconnect(b_id).await;
+    expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { .. })).await;
+    let stale = PeerAddr::with_id(Keypair::from_secret_bytes([9; 32]).node_id(), b_addr.addr);
+    assert_eq!(a.dial(stale).await.expect("downgraded dial"), b_id);
+    let d = expect_event(&mut ea, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;
+    assert!(matches!(
+        d,
+        Event::HandshakeDowngraded { from: HandshakePath::Introduced, to: HandshakePath::Full, .. }
+    ));
+    assert_eq!(next_path(&mut ea).await, Some(HandshakePath::Full));
+
+    // Resumed → introduced: B restarts with the same key but without its
+    // tickets; A still holds one from the last session.
+    b.shutdown().await;
+    drop(eb);
+    expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == b_id)).await;
+    let (b2, mut eb2) = spawn_on(rb, "127.0.0.1:0", Some(key_b)).await;
+    assert_eq!(a.dial(b2.peer_addr()).await.expect("redial"), b_id);
+    let d = expect_event(&mut ea, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;
+    assert!(matches!(
+        d,
+        Event::HandshakeDowngraded { from: HandshakePath::Resumed, to: HandshakePath::Introduced, .. }
+    ));
+    assert_eq!(next_path(&mut ea).await, Some(HandshakePath::Introduced));
+    assert_eq!(next_path(&mut eb2).await, Some(HandshakePath::Introduced));
+    for n in [a, b2, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_tokio_every_path() {
+    every_path(Tokio, Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_dials_smol_every_path() {
+    every_path(Tokio, Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_dials_tokio_every_path() {
+    every_path(Smol, Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_every_path() {
+    let s = devp2p_tokio::demo::run(4).await.expect("demo");
+    assert_eq!(s.corrupt, 0);
+    assert_eq!(s.received, s.sent);
+    assert!(s.sent > 0);
+    for p in ["full (XX)", "introduced (IK)", "resumed (NNpsk0)"] {
+        assert!(s.paths.get(p).copied().unwrap_or(0) > 0, "path {p} used: {:?}", s.paths);
+    }
+    assert!(s.downgrades.iter().any(|d| d == "resumed (NNpsk0) -> introduced (IK)"), "{:?}", s.downgrades);
+    assert!(s.downgrades.iter().any(|d| d == "introduced (IK) -> full (XX)"), "{:?}", s.downgrades);
+}
+
+async fn garbage_is_rejected(rt: Runtime) {
+    let (a, mut ea) = spawn_on(rt, "127.0.0.1:0", None).await;
+    let addr = a.peer_addr().addr;
+    for junk in [vec![0u8, 5, 0x99, 1, 2, 3, 4], vec![0xff; 70_000], vec![0, 0]] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(&junk).await;
+        let e = expect_event(&mut ea, |e| matches!(e, Event::ConnectionFailed { .. })).await;
+        let Event::ConnectionFailed { reason, .. } = e else { unreachable!() };
+        assert!(
+            matches!(reason, DisconnectReason::ProtocolViolation | DisconnectReason::HandshakeFailed),
+            "{reason:?}"
+        );
+        // The node answers with a REJECT frame naming the reason, then closes.
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back)).await.expect("closed");
+        assert_eq!(back.get(2), Some(&0x07), "REJECT frame: {back:?}");
+        assert_eq!(back.get(3), Some(&reason.code()));
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_raw_socket_is_rejected_tokio() {
+    garbage_is_rejected(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_raw_socket_is_rejected_smol() {
+    garbage_is_rejected(Smol).await;
+}
