@@ -35,4 +35,4 @@ mod trace;
 
 pub use ledger::{Ledger, Violation};
 pub use net::LinkConfig;
-pub use sim::{HostId, Sim, SimConfig, Stats};
+pub use sim::{Fault, HostId, Sim, SimConfig, Stats};

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use devp2p_sim::{Sim, SimConfig};
+use devp2p_sim::{Fault, HostId, Sim, SimConfig};
 
 #[derive(Parser)]
 #[command(name = "devp2p-sim", about = "Deterministic simulation of a devp2p network")]
@@ -27,6 +27,10 @@ struct Args {
     /// Message size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// Every this many seconds, crash a random node, restart it half an
+    /// interval later and redial its old peers by ID (0: no churn).
+    #[arg(long, default_value_t = 0)]
+    churn: u64,
     /// Print the summary as one JSON line too.
     #[arg(long)]
     json: bool,
@@ -64,6 +68,30 @@ fn run(args: &Args) {
     }
     sim.connect_random(args.degree.div_ceil(2));
     sim.start_traffic(Duration::from_secs_f64(args.interval), args.size);
+    if args.churn > 0 {
+        // A deterministic schedule derived from the seed.
+        let mut x = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = args.churn;
+        while t < args.duration {
+            let h = HostId((next() % args.nodes as u64) as usize);
+            sim.schedule(Duration::from_secs(t), Fault::Crash(h));
+            let back = Duration::from_secs(t) + Duration::from_secs(args.churn) / 2;
+            sim.schedule(back, Fault::Restart(h));
+            for _ in 0..args.degree.div_ceil(2) {
+                let peer = HostId((next() % args.nodes as u64) as usize);
+                if peer != h {
+                    sim.schedule(back, Fault::Connect(h, peer, true));
+                }
+            }
+            t += args.churn;
+        }
+    }
     let total = Duration::from_secs(args.duration);
     let slices = 50u32;
     let mut err = std::io::stderr();
@@ -98,6 +126,7 @@ fn run(args: &Args) {
         println!("handshakes {path:<10} {n}");
     }
     println!("downgrades           {}", s.downgrades);
+    println!("churn                every {} s", args.churn);
     println!("failed connections   {}", s.failed_connections);
     println!("stream bytes         {}", s.stream_bytes);
     println!("wall time            {:.2} s", elapsed.as_secs_f64());

@@ -115,7 +115,25 @@ struct Stream {
     finished: bool,
 }
 
+/// A fault (or repair) to apply at a scheduled time; see [`Sim::schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Separate these hosts from the rest ([`Sim::partition`]).
+    Partition(Vec<HostId>),
+    /// End every partition ([`Sim::heal`]).
+    Heal,
+    /// Crash a host ([`Sim::crash`]).
+    Crash(HostId),
+    /// Restart a crashed host ([`Sim::restart`]).
+    Restart(HostId),
+    /// The first host disconnects the second ([`Sim::disconnect`]).
+    Disconnect(HostId, HostId),
+    /// The first host dials the second, naming its ID if the flag is set ([`Sim::connect`]).
+    Connect(HostId, HostId, bool),
+}
+
 enum Item {
+    Fault(Fault),
     Accept { stream: usize },
     Connected { stream: usize },
     Deliver { stream: usize, to: usize, data: Vec<u8> },
@@ -183,6 +201,7 @@ const TR_EVENT: u64 = 3;
 const TR_TIMER: u64 = 4;
 const TR_DATAGRAM: u64 = 5;
 const TR_CONNECT: u64 = 6;
+const TR_FAULT: u64 = 7;
 
 impl Sim {
     /// An empty network.
@@ -311,7 +330,7 @@ impl Sim {
         self.groups.get(&a).copied().unwrap_or(0) != self.groups.get(&b).copied().unwrap_or(0)
     }
 
-    fn schedule(&mut self, at: Instant, item: Item) {
+    fn schedule_item(&mut self, at: Instant, item: Item) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, item }));
     }
@@ -341,8 +360,8 @@ impl Sim {
         });
         let s = self.streams.len() - 1;
         let d = self.delay(a.0, b.0);
-        self.schedule(self.now + d, Item::Accept { stream: s });
-        self.schedule(self.now + d * 2, Item::Connected { stream: s });
+        self.schedule_item(self.now + d, Item::Accept { stream: s });
+        self.schedule_item(self.now + d * 2, Item::Connected { stream: s });
         self.trace.record(&[self.now.as_nanos(), TR_CONNECT, a.0 as u64, b.0 as u64]);
     }
 
@@ -386,7 +405,7 @@ impl Sim {
         if (self.rng.next_u32() as f64 / u32::MAX as f64) < l.datagram_reorder {
             d += l.latency;
         }
-        self.schedule(self.now + d, Item::Datagram { from: a.0, to: b.0, data });
+        self.schedule_item(self.now + d, Item::Datagram { from: a.0, to: b.0, data });
     }
 
     /// Separates `side` from every other host until [`heal`](Self::heal).
@@ -456,7 +475,7 @@ impl Sim {
         self.traffic = Some(Traffic { interval, size });
         for h in 0..self.hosts.len() {
             let phase = Duration::from_nanos(self.rng.next_u64() % interval.as_nanos().max(1) as u64);
-            self.schedule(self.now + phase, Item::Traffic { host: h });
+            self.schedule_item(self.now + phase, Item::Traffic { host: h });
         }
     }
 
@@ -476,6 +495,22 @@ impl Sim {
                 let with_id = self.rng.next_u32().is_multiple_of(2);
                 self.connect(HostId(a), HostId(b), with_id);
             }
+        }
+    }
+
+    /// Applies `fault` when virtual time reaches `now + after`.
+    pub fn schedule(&mut self, after: Duration, fault: Fault) {
+        self.schedule_item(self.now + after, Item::Fault(fault));
+    }
+
+    fn apply(&mut self, fault: Fault) {
+        match fault {
+            Fault::Partition(side) => self.partition(&side),
+            Fault::Heal => self.heal(),
+            Fault::Crash(h) => self.crash(h),
+            Fault::Restart(h) => self.restart(h),
+            Fault::Disconnect(a, b) => self.disconnect(a, b),
+            Fault::Connect(a, b, id) => self.connect(a, b, id),
         }
     }
 
@@ -502,6 +537,10 @@ impl Sim {
         self.now = s.at;
         self.stats.steps += 1;
         match s.item {
+            Item::Fault(f) => {
+                self.trace.record(&[self.now.as_nanos(), TR_FAULT]);
+                self.apply(f);
+            }
             Item::Accept { stream } => self.on_accept(stream),
             Item::Connected { stream } => self.on_connected(stream),
             Item::Deliver { stream, to, data } => self.on_deliver(stream, to, data),
@@ -655,7 +694,7 @@ impl Sim {
                 }
             }
         }
-        self.schedule(self.now + t.interval, Item::Traffic { host });
+        self.schedule_item(self.now + t.interval, Item::Traffic { host });
     }
 
     /// Sends bytes from `side` of stream `s`, in order, after the link's
@@ -678,10 +717,10 @@ impl Sim {
         let arrive = (start + tx + d).max(dir.last_arrival);
         dir.last_arrival = arrive;
         let write_done = dir.free_at;
-        self.schedule(arrive, Item::Deliver { stream: s, to: 1 - side, data });
+        self.schedule_item(arrive, Item::Deliver { stream: s, to: 1 - side, data });
         if bw.is_some() {
             self.streams[s].in_flight += 1;
-            self.schedule(write_done, Item::WriteDone { stream: s, side });
+            self.schedule_item(write_done, Item::WriteDone { stream: s, side });
         }
     }
 
@@ -696,7 +735,7 @@ impl Sim {
         let dir = &mut self.streams[s].dirs[side];
         let arrive = (self.now + d).max(dir.last_arrival);
         dir.last_arrival = arrive;
-        self.schedule(arrive, Item::Close { stream: s, to: 1 - side });
+        self.schedule_item(arrive, Item::Close { stream: s, to: 1 - side });
     }
 
     fn maybe_finish(&mut self, s: usize) {
@@ -767,7 +806,7 @@ impl Sim {
             if self.hosts[h].timer != Some(t) {
                 self.hosts[h].timer = Some(t);
                 let epoch = self.hosts[h].epoch;
-                self.schedule(t, Item::Timer { host: h, epoch });
+                self.schedule_item(t, Item::Timer { host: h, epoch });
             }
         }
         if let Some(n) = self.hosts[h].node.as_ref() {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use devp2p_core::{Event, HandshakePath};
-use devp2p_sim::{HostId, LinkConfig, Sim, SimConfig};
+use devp2p_sim::{Fault, HostId, LinkConfig, Sim, SimConfig};
 use proptest::prelude::*;
 
 fn paths(sim: &Sim, h: HostId) -> Vec<HandshakePath> {
@@ -25,15 +25,14 @@ fn scenario(seed: u64) -> Sim {
     }
     sim.run_for(Duration::from_secs(1));
     sim.start_traffic(Duration::from_millis(50), 300);
-    sim.run_for(Duration::from_secs(5));
-    sim.partition(&hosts[..2]);
-    sim.run_for(Duration::from_secs(5));
-    sim.heal();
-    sim.crash(hosts[3]);
-    sim.run_for(Duration::from_secs(2));
-    sim.restart(hosts[3]);
-    sim.connect(hosts[3], hosts[4], true);
-    sim.run_for(Duration::from_secs(5));
+    // A fault schedule: partition, heal, crash, restart and reconnect.
+    sim.schedule(Duration::from_secs(5), Fault::Partition(hosts[..2].to_vec()));
+    sim.schedule(Duration::from_secs(10), Fault::Heal);
+    sim.schedule(Duration::from_secs(10), Fault::Crash(hosts[3]));
+    sim.schedule(Duration::from_secs(12), Fault::Restart(hosts[3]));
+    sim.schedule(Duration::from_secs(12), Fault::Connect(hosts[3], hosts[4], true));
+    sim.run_for(Duration::from_secs(17));
+    assert!(sim.is_connected(hosts[3], hosts[4]));
     sim
 }
 
