@@ -81,6 +81,11 @@ impl TicketStore {
         (t.expires > now).then_some((peer, t))
     }
 
+    /// True if a ticket for `peer` is held (valid or not).
+    pub(crate) fn contains(&self, peer: &NodeId) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
     /// Forgets the ticket for `peer`.
     pub(crate) fn remove_peer(&mut self, peer: &NodeId) {
         if let Some(t) = self.by_peer.remove(peer) {

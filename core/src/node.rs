@@ -256,7 +256,7 @@ impl Node {
 
     /// True if a resumption ticket for `peer` is held.
     pub fn has_ticket(&self, peer: &NodeId) -> bool {
-        self.tickets.export().iter().any(|(p, _)| p == peer)
+        self.tickets.contains(peer)
     }
 
     /// Forgets the resumption ticket for `peer`.
