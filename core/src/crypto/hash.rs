@@ -27,41 +27,59 @@ pub(crate) fn hash(data: &[u8]) -> Hash {
     Sha256::digest(data).into()
 }
 
+/// An HMAC key with its inner and outer pad blocks already absorbed, so
+/// that several MACs under one key (HKDF's outputs) skip those blocks.
+struct HmacKey {
+    inner: Sha256,
+    outer: Sha256,
+}
+
+impl HmacKey {
+    fn new(key: &[u8; HASHLEN]) -> Self {
+        let mut ipad = [0x36u8; BLOCKLEN];
+        let mut opad = [0x5cu8; BLOCKLEN];
+        for (i, k) in key.iter().enumerate() {
+            ipad[i] ^= k;
+            opad[i] ^= k;
+        }
+        let mut inner = Sha256::new();
+        inner.update(ipad);
+        let mut outer = Sha256::new();
+        outer.update(opad);
+        HmacKey { inner, outer }
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Hash {
+        let mut inner = self.inner.clone();
+        for p in parts {
+            inner.update(p);
+        }
+        let mut outer = self.outer.clone();
+        outer.update(inner.finalize());
+        outer.finalize().into()
+    }
+}
+
 /// `HMAC-HASH(key, parts[0] || parts[1] || ...)` per RFC 2104.
 pub(crate) fn hmac(key: &[u8; HASHLEN], parts: &[&[u8]]) -> Hash {
-    let mut ipad = [0x36u8; BLOCKLEN];
-    let mut opad = [0x5cu8; BLOCKLEN];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    for p in parts {
-        inner.update(p);
-    }
-    let inner: Hash = inner.finalize().into();
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner);
-    outer.finalize().into()
+    HmacKey::new(key).mac(parts)
 }
 
 /// Noise `HKDF(chaining_key, input_key_material, 3)`; callers that need two
-/// outputs ignore the third (the first two are identical either way).
+/// outputs use [`hkdf2`] (the first two outputs are the same).
 pub(crate) fn hkdf3(ck: &Hash, ikm: &[u8]) -> (Hash, Hash, Hash) {
-    let temp = hmac(ck, &[ikm]);
-    let o1 = hmac(&temp, &[&[1u8]]);
-    let o2 = hmac(&temp, &[&o1, &[2u8]]);
-    let o3 = hmac(&temp, &[&o2, &[3u8]]);
+    let temp = HmacKey::new(&hmac(ck, &[ikm]));
+    let o1 = temp.mac(&[&[1u8]]);
+    let o2 = temp.mac(&[&o1, &[2u8]]);
+    let o3 = temp.mac(&[&o2, &[3u8]]);
     (o1, o2, o3)
 }
 
 /// Noise `HKDF(chaining_key, input_key_material, 2)`.
 pub(crate) fn hkdf2(ck: &Hash, ikm: &[u8]) -> (Hash, Hash) {
-    let temp = hmac(ck, &[ikm]);
-    let o1 = hmac(&temp, &[&[1u8]]);
-    let o2 = hmac(&temp, &[&o1, &[2u8]]);
+    let temp = HmacKey::new(&hmac(ck, &[ikm]));
+    let o1 = temp.mac(&[&[1u8]]);
+    let o2 = temp.mac(&[&o1, &[2u8]]);
     (o1, o2)
 }
 
