@@ -135,7 +135,6 @@ pub(crate) struct Completed {
 
 enum Role {
     Initiator {
-        target: Option<NodeId>,
         path: HandshakePath,
         noise: HandshakeState,
     },
@@ -154,6 +153,8 @@ enum Role {
 /// One side of a handshake in progress.
 pub(crate) struct Handshake {
     role: Role,
+    /// The node that was dialled (outbound handshakes naming one).
+    target: Option<NodeId>,
 }
 
 fn pattern_of(path: HandshakePath) -> (&'static Pattern, u8) {
@@ -176,22 +177,19 @@ impl Handshake {
             None => HandshakePath::Full,
             Some(_) => HandshakePath::Resumed,
         };
-        let mut hs = Handshake { role: Role::Done };
+        let mut hs = Handshake { role: Role::Done, target };
         hs.start_attempt(target, path, ctx, out)?;
         Ok(hs)
     }
 
     /// Starts an inbound handshake.
     pub(crate) fn respond() -> Self {
-        Handshake { role: Role::ResponderAwaitInit { retries: 0 } }
+        Handshake { role: Role::ResponderAwaitInit { retries: 0 }, target: None }
     }
 
     /// The node that was dialled, for outbound handshakes.
     pub(crate) fn target(&self) -> Option<NodeId> {
-        match &self.role {
-            Role::Initiator { target, .. } => *target,
-            _ => None,
-        }
+        self.target
     }
 
     /// Writes the first frame for `path`; a resumption attempt without a
@@ -243,7 +241,7 @@ impl Handshake {
         // The full path's first message carries no payload (it would be in clear).
         let payload = if path == HandshakePath::Full { &[][..] } else { ctx.hello };
         noise.write_message(payload, out, ctx.rng)?;
-        self.role = Role::Initiator { target, path, noise };
+        self.role = Role::Initiator { path, noise };
         Ok(())
     }
 
@@ -262,7 +260,7 @@ impl Handshake {
             return Err(HandshakeError::Rejected(DisconnectReason::from_code(code)));
         }
         match core::mem::replace(&mut self.role, Role::Done) {
-            Role::Initiator { target, path, mut noise } => match k {
+            Role::Initiator { path, mut noise } => match k {
                 kind::RESPONSE => {
                     let mut remote_hello = Vec::new();
                     noise.read_message(body, &mut remote_hello)?;
@@ -273,7 +271,7 @@ impl Handshake {
                         out.push(f);
                     }
                     let peer = match (path, noise.remote_static()) {
-                        (HandshakePath::Resumed, _) => target.ok_or(HandshakeError::Malformed)?,
+                        (HandshakePath::Resumed, _) => self.target.ok_or(HandshakeError::Malformed)?,
                         (_, Some(rs)) => NodeId(rs),
                         (_, None) => return Err(HandshakeError::Malformed),
                     };
@@ -288,6 +286,7 @@ impl Handshake {
                     // The resumption ticket was already removed when it was
                     // used; a wrong introduced key is dropped by not being
                     // used again on this connection (the node reports it).
+                    let target = self.target;
                     if let Some(peer) = target {
                         ctx.events.push_back(Event::HandshakeDowngraded {
                             connection: ctx.connection,

@@ -35,8 +35,9 @@ pub enum ConfigError {
     TooManyProtocols,
     /// The same protocol name and version is registered twice.
     DuplicateProtocol,
-    /// `max_message_size` exceeds `max_reassembly_per_peer`, so messages the
-    /// node advertises as acceptable would be refused.
+    /// `max_message_size` exceeds `max_reassembly_per_peer` (messages the
+    /// node advertises as acceptable would be refused), or
+    /// `max_transmit_size` is zero.
     InconsistentLimits,
 }
 
@@ -151,7 +152,7 @@ impl Node {
                 return Err(ConfigError::DuplicateProtocol);
             }
         }
-        if config.max_message_size > config.max_reassembly_per_peer as u64 {
+        if config.max_message_size > config.max_reassembly_per_peer as u64 || config.max_transmit_size == 0 {
             return Err(ConfigError::InconsistentLimits);
         }
         let mut hello = Vec::new();
@@ -211,6 +212,12 @@ impl Node {
             Phase::Established { session, .. } => session.queued_bytes,
             Phase::Handshake(_) => 0,
         })
+    }
+
+    /// True if connection `id` is closing: it flushes its goodbye and
+    /// ignores further input.
+    pub fn is_closing(&self, id: ConnectionId) -> bool {
+        self.connections.get(&id).is_some_and(|c| c.closing.is_some())
     }
 
     /// Number of open connections, in any phase.
@@ -460,8 +467,10 @@ impl Node {
                     let outcome = session.process_record(&frame[..plain_len], &self.config, now, &mut first);
                     if outcome == Ok(RecordOutcome::Continue) {
                         self.announce(id, conn, now)?;
+                        self.events.extend(first);
                     }
-                    self.events.extend(first);
+                    // Otherwise the peer was never accepted: its messages
+                    // are not reported (SPEC.md §5.10).
                     outcome
                 };
                 match outcome {

@@ -196,7 +196,9 @@ impl Session {
     ) -> Result<usize, CryptoError> {
         let record_size = config.record_size();
         let mut dequeued = 0usize;
+        let closing = self.control.iter().any(|c| matches!(c, Control::Disconnect(_)));
         if !self.rekey.queued
+            && !closing
             && (self.rekey.bytes >= config.rekey_after_bytes
                 || self.rekey.records >= config.rekey_after_records
                 || now >= self.rekey.due)
@@ -205,6 +207,11 @@ impl Session {
             self.control.push_back(Control::Rekey);
         }
         while buf.len() < budget && self.has_output() {
+            // Never build a record that cannot be sealed (2^64 - 1 is
+            // reserved; rekeying keeps this unreachable in practice).
+            if self.send.nonce() == u64::MAX {
+                return Err(CryptoError::NonceExhausted);
+            }
             let len_pos = buf.len();
             buf.extend_from_slice(&[0, 0]);
             let start = buf.len();
@@ -322,7 +329,14 @@ impl Session {
                 let ctl =
                     Control::decode(st.msg_type, data).map_err(|_| DisconnectReason::ProtocolViolation)?;
                 match ctl {
-                    Control::Ping(token) => self.control.push_back(Control::Pong(token)),
+                    Control::Ping(token) => {
+                        // At most one PONG is pending: a flood of PINGs
+                        // refreshes its token instead of growing the queue.
+                        match self.control.iter_mut().find(|c| matches!(c, Control::Pong(_))) {
+                            Some(pending) => *pending = Control::Pong(token),
+                            None => self.control.push_back(Control::Pong(token)),
+                        }
+                    }
                     Control::Pong(token) => {
                         if let Some((t, sent)) = self.ping_outstanding {
                             if t == token {
@@ -570,6 +584,27 @@ mod tests {
             let (mut s, mut c) = receiver(&config);
             assert_eq!(feed(&mut s, &mut c, &plain, &config), Err(want), "{plain:02x?}");
         }
+    }
+
+    #[test]
+    fn a_ping_flood_leaves_one_pending_pong() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        for round in 0..10u64 {
+            let mut r = Vec::new();
+            for i in 0..4000u64 {
+                chunk(
+                    &mut r,
+                    0,
+                    Some((crate::control::kind::PING, 8)),
+                    true,
+                    &(round * 4000 + i).to_be_bytes(),
+                );
+            }
+            feed(&mut s, &mut c, &r, &config).unwrap();
+        }
+        assert_eq!(s.control.len(), 1);
+        assert_eq!(s.control.front(), Some(&Control::Pong(39_999)), "the latest token is echoed");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The task that owns the core and the sockets: feeds inputs in, drains
 //! transmits, closes and events out, and sleeps until the next deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
@@ -41,12 +41,18 @@ enum Input {
 
 struct ConnIo {
     writer: Sender<Vec<u8>>,
+    writer_task: Task<()>,
     _reader: Task<()>,
 }
+
+/// How long a closed connection's writer may take to flush its last bytes.
+const WRITE_GRACE: Duration = Duration::from_secs(2);
 
 enum Wake {
     Input(Option<Input>),
     Command(Option<Command>),
+    /// The first waiting event was (true) or could not be (false) handed over.
+    Delivered(bool),
     Timer,
 }
 
@@ -64,6 +70,10 @@ pub(crate) struct Driver {
     listeners: Vec<Task<()>>,
     shutdown: Vec<Sender<()>>,
     stopping: bool,
+    /// Every handle is gone.
+    cmd_closed: bool,
+    /// Events the application's channel had no room for yet.
+    backlog: VecDeque<Event>,
 }
 
 impl Driver {
@@ -110,6 +120,8 @@ impl Driver {
             listeners,
             shutdown: Vec::new(),
             stopping: false,
+            cmd_closed: false,
+            backlog: VecDeque::new(),
         }
     }
 
@@ -119,7 +131,12 @@ impl Driver {
 
     pub(crate) async fn run(mut self) {
         loop {
-            self.flush().await;
+            // Timers first, so that busy inputs never starve them.
+            let now = self.now();
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.flush();
             if self.stopping && self.core.connection_count() == 0 {
                 break;
             }
@@ -127,13 +144,39 @@ impl Driver {
                 Some(t) => Timer::at(self.start + Duration::from_nanos(t.as_nanos())),
                 None => Timer::never(),
             };
-            let (input_rx, cmd_rx) = (&self.input_rx, &self.cmd_rx);
+            // While events wait for the application, the node stops reading
+            // the network but keeps serving commands and timers.
+            let (input_rx, cmd_rx, events) = (&self.input_rx, &self.cmd_rx, &self.events);
+            let (backlog, cmd_open) = (self.backlog.front().cloned(), !self.cmd_closed);
             let wake = smol::future::or(
-                async { Wake::Input(input_rx.recv().await.ok()) },
-                smol::future::or(async { Wake::Command(cmd_rx.recv().await.ok()) }, async {
+                async {
                     timer.await;
                     Wake::Timer
-                }),
+                },
+                smol::future::or(
+                    async {
+                        match backlog {
+                            Some(ev) => Wake::Delivered(events.send(ev).await.is_ok()),
+                            None => std::future::pending().await,
+                        }
+                    },
+                    smol::future::or(
+                        async {
+                            if cmd_open {
+                                Wake::Command(cmd_rx.recv().await.ok())
+                            } else {
+                                std::future::pending().await
+                            }
+                        },
+                        async {
+                            if self.backlog.is_empty() {
+                                Wake::Input(input_rx.recv().await.ok())
+                            } else {
+                                std::future::pending().await
+                            }
+                        },
+                    ),
+                ),
             )
             .await;
             match wake {
@@ -148,18 +191,60 @@ impl Driver {
                     }
                 }
                 Wake::Input(None) => {}
+                Wake::Delivered(true) => {
+                    self.backlog.pop_front();
+                    self.offer_events();
+                }
+                // Nobody listens any more.
+                Wake::Delivered(false) => self.backlog.clear(),
                 Wake::Command(Some(c)) => self.handle_command(c),
-                Wake::Command(None) => self.begin_shutdown(),
+                Wake::Command(None) => {
+                    self.cmd_closed = true;
+                    self.begin_shutdown();
+                }
                 Wake::Timer => {
                     let now = self.now();
                     self.core.handle_timeout(now);
                 }
             }
         }
+        // Hand over the last events, waiting a little for a reader.
+        let events = self.events.clone();
+        let rest: Vec<Event> = self.backlog.drain(..).collect();
+        smol::future::or(
+            async move {
+                for ev in rest {
+                    if events.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            async {
+                Timer::after(Duration::from_secs(2)).await;
+            },
+        )
+        .await;
         self.listeners.clear();
         self.conns.clear();
         for s in self.shutdown.drain(..) {
             let _ = s.try_send(());
+        }
+    }
+
+    /// Passes waiting events to the application while its channel has room.
+    fn offer_events(&mut self) {
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(channel::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(channel::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -221,7 +306,7 @@ impl Driver {
         let (wtx, wrx) = channel::unbounded::<Vec<u8>>();
         let (mut wr, mut rd) = (stream.clone(), stream);
         let tx = self.input_tx.clone();
-        smol::spawn(async move {
+        let writer_task = smol::spawn(async move {
             while let Ok(buf) = wrx.recv().await {
                 if let Err(e) = wr.write_all(&buf).await {
                     tracing::debug!(conn = %id, error = %e, "write failed");
@@ -233,8 +318,7 @@ impl Driver {
                 }
             }
             let _ = wr.shutdown(std::net::Shutdown::Write);
-        })
-        .detach();
+        });
         let tx = self.input_tx.clone();
         let reader = smol::spawn(async move {
             let mut buf = vec![0u8; READ_CHUNK];
@@ -252,7 +336,7 @@ impl Driver {
                 }
             }
         });
-        self.conns.insert(id, ConnIo { writer: wtx, _reader: reader });
+        self.conns.insert(id, ConnIo { writer: wtx, writer_task, _reader: reader });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -291,8 +375,9 @@ impl Driver {
         }
     }
 
-    /// Drains the core's outputs.
-    async fn flush(&mut self) {
+    /// Drains the core's outputs: transmits to the writers, events (which
+    /// resolve dials first) to the application, then closes.
+    fn flush(&mut self) {
         loop {
             if self.waiters.has_waiting_sends() {
                 self.waiters.retry_sends(&mut self.core, &mut self.replies);
@@ -317,15 +402,6 @@ impl Driver {
                     }
                 }
             }
-            while let Some(id) = self.core.poll_close() {
-                progress = true;
-                // Dropping the reader task cancels it; dropping the writer's
-                // sender lets it finish what it has and shut down.
-                self.conns.remove(&id);
-                if let Some(reply) = self.waiters.on_close(id) {
-                    let _ = reply.try_send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
-                }
-            }
             while let Some(ev) = self.core.poll_event() {
                 progress = true;
                 if let Some((reply, r)) = self.waiters.on_event(&self.core, &ev) {
@@ -334,8 +410,28 @@ impl Driver {
                 if let Event::HandshakeDowngraded { peer, from, to, .. } = &ev {
                     tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
                 }
-                // Nobody listening is fine: the node keeps serving its handles.
-                let _ = self.events.send(ev).await;
+                self.backlog.push_back(ev);
+            }
+            self.offer_events();
+            while let Some(id) = self.core.poll_close() {
+                progress = true;
+                // Dropping the reader task cancels it. The writer finishes
+                // what it was given within a grace period: a peer that never
+                // reads cannot pin the socket.
+                if let Some(io) = self.conns.remove(&id) {
+                    drop(io.writer);
+                    let writer = io.writer_task;
+                    smol::spawn(async move {
+                        smol::future::or(writer, async {
+                            Timer::after(WRITE_GRACE).await;
+                        })
+                        .await;
+                    })
+                    .detach();
+                }
+                if let Some(reply) = self.waiters.on_close(id) {
+                    let _ = reply.try_send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
+                }
             }
             if !progress {
                 return;

@@ -124,6 +124,16 @@ struct Inner {
     task: Mutex<Option<Task<()>>>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: let the driver shut down gracefully
+        // (it sees the command channel close) instead of cancelling it.
+        if let Some(task) = self.task.get_mut().ok().and_then(|t| t.take()) {
+            task.detach();
+        }
+    }
+}
+
 /// A running node. Cheap to clone; the node stops when [`shutdown`](Self::shutdown)
 /// is called or every clone is dropped.
 #[derive(Clone)]

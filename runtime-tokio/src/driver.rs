@@ -1,7 +1,7 @@
 //! The task that owns the core and the sockets: feeds inputs in, drains
 //! transmits, closes and events out, and sleeps until the next deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -57,8 +57,12 @@ enum Input {
 
 struct ConnIo {
     writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer_task: JoinHandle<()>,
     reader: JoinHandle<()>,
 }
+
+/// How long a closed connection's writer may take to flush its last bytes.
+const WRITE_GRACE: Duration = Duration::from_secs(2);
 
 type DialReply = oneshot::Sender<Result<NodeId, DialError>>;
 type SendReply = oneshot::Sender<Result<(), SendError>>;
@@ -77,6 +81,10 @@ pub(crate) struct Driver {
     listeners: Vec<JoinHandle<()>>,
     shutdown: Vec<oneshot::Sender<()>>,
     stopping: bool,
+    /// Every handle is gone.
+    cmd_closed: bool,
+    /// Events the application's channel had no room for yet.
+    backlog: VecDeque<Event>,
 }
 
 impl Driver {
@@ -123,6 +131,8 @@ impl Driver {
             listeners,
             shutdown: Vec::new(),
             stopping: false,
+            cmd_closed: false,
+            backlog: VecDeque::new(),
         }
     }
 
@@ -136,7 +146,12 @@ impl Driver {
 
     pub(crate) async fn run(mut self) {
         loop {
-            self.flush().await;
+            // Timers first, so that busy inputs never starve them.
+            let now = self.now();
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.flush();
             if self.stopping && self.core.connection_count() == 0 {
                 break;
             }
@@ -147,9 +162,35 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let backlog = !self.backlog.is_empty();
+            let events = self.events.clone();
             tokio::select! {
                 biased;
-                input = self.input_rx.recv() => {
+                () = sleep => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+                // Events the application has not taken yet: while any wait,
+                // the node stops reading the network but keeps serving
+                // commands and timers.
+                permit = events.reserve(), if backlog => match permit {
+                    Ok(permit) => {
+                        if let Some(ev) = self.backlog.pop_front() {
+                            permit.send(ev);
+                        }
+                        self.offer_events();
+                    }
+                    // Nobody listens any more.
+                    Err(_) => self.backlog.clear(),
+                },
+                cmd = self.cmd_rx.recv(), if !self.cmd_closed => match cmd {
+                    Some(c) => self.handle_command(c),
+                    None => {
+                        self.cmd_closed = true;
+                        self.begin_shutdown();
+                    }
+                },
+                input = self.input_rx.recv(), if !backlog => {
                     // The driver holds a sender, so the channel never closes.
                     if let Some(input) = input {
                         self.handle_input(input);
@@ -162,14 +203,14 @@ impl Driver {
                         }
                     }
                 }
-                cmd = self.cmd_rx.recv() => match cmd {
-                    Some(c) => self.handle_command(c),
-                    None => self.begin_shutdown(),
-                },
-                () = sleep => {
-                    let now = self.now();
-                    self.core.handle_timeout(now);
-                }
+            }
+        }
+        // Hand over the last events (the final PeerDisconnected), waiting a
+        // little for an application that is still reading.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Some(ev) = self.backlog.pop_front() {
+            if tokio::time::timeout_at(deadline, self.events.send(ev)).await.map_or(true, |r| r.is_err()) {
+                break;
             }
         }
         for l in &self.listeners {
@@ -180,6 +221,23 @@ impl Driver {
         }
         for s in self.shutdown.drain(..) {
             let _ = s.send(());
+        }
+    }
+
+    /// Passes waiting events to the application while its channel has room.
+    fn offer_events(&mut self) {
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -242,7 +300,7 @@ impl Driver {
         let (mut rd, mut wr) = stream.into_split();
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         let tx = self.input_tx.clone();
-        tokio::spawn(async move {
+        let writer_task = tokio::spawn(async move {
             while let Some(buf) = wrx.recv().await {
                 if let Err(e) = wr.write_all(&buf).await {
                     tracing::debug!(conn = %id, error = %e, "write failed");
@@ -272,7 +330,7 @@ impl Driver {
                 }
             }
         });
-        self.conns.insert(id, ConnIo { writer: wtx, reader });
+        self.conns.insert(id, ConnIo { writer: wtx, writer_task, reader });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -311,8 +369,9 @@ impl Driver {
         }
     }
 
-    /// Drains the core's outputs.
-    async fn flush(&mut self) {
+    /// Drains the core's outputs: transmits to the writers, events (which
+    /// resolve dials first) to the application, then closes.
+    fn flush(&mut self) {
         loop {
             if self.waiters.has_waiting_sends() {
                 self.waiters.retry_sends(&mut self.core, &mut self.replies);
@@ -337,21 +396,28 @@ impl Driver {
                     }
                 }
             }
+            while let Some(ev) = self.core.poll_event() {
+                progress = true;
+                self.route_event(&ev);
+                self.backlog.push_back(ev);
+            }
+            self.offer_events();
             while let Some(id) = self.core.poll_close() {
                 progress = true;
                 if let Some(io) = self.conns.remove(&id) {
                     io.reader.abort();
-                    // Dropping the writer's sender lets it finish and shut down.
+                    // The writer finishes what it was given, within a grace
+                    // period: a peer that never reads cannot pin the socket.
+                    let mut writer = io.writer_task;
+                    drop(io.writer);
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(WRITE_GRACE, &mut writer).await.is_err() {
+                            writer.abort();
+                        }
+                    });
                 }
                 if let Some(reply) = self.waiters.on_close(id) {
                     let _ = reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
-                }
-            }
-            while let Some(ev) = self.core.poll_event() {
-                progress = true;
-                self.route_event(&ev);
-                if self.events.send(ev).await.is_err() {
-                    // Nobody listens: keep running for the handles.
                 }
             }
             if !progress {

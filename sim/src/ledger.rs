@@ -158,7 +158,9 @@ impl Ledger {
 
     /// Messages neither delivered, handed back nor lost: queued or in flight.
     pub fn outstanding(&self) -> u64 {
-        self.sent - self.delivered - self.returned - self.lost
+        // Saturating: a violation (say, a duplicate delivery) must be
+        // reported, not turned into an overflow.
+        self.sent.saturating_sub(self.delivered + self.returned + self.lost)
     }
 
     /// The violations seen so far.

@@ -373,10 +373,12 @@ impl Sim {
         let (payload, seq) = self.ledger.make(a.0 as u64, b.0 as u64, len, fill);
         let host = &mut self.hosts[a.0];
         let Some(node) = host.node.as_mut() else { return false };
-        let stream = host.peer_conn.get(&to).and_then(|c| host.conns.get(c)).copied();
-        let (Some(stream), Ok(())) = (stream, node.send(&to, ProtocolId(protocol), msg_type, payload)) else {
+        let Some(stream) = host.peer_conn.get(&to).and_then(|c| host.conns.get(c)).copied() else {
             return false;
         };
+        if node.send(&to, ProtocolId(protocol), msg_type, payload).is_err() {
+            return false;
+        }
         self.ledger.sent(a.0 as u64, b.0 as u64, seq, stream as u64);
         self.flush(a.0);
         true
@@ -656,6 +658,11 @@ impl Sim {
                 self.stats.stream_bytes += data.len() as u64;
                 let now = self.now;
                 if let Some(n) = self.hosts[e.host].node.as_mut() {
+                    if n.is_closing(c) {
+                        // A closing end ignores input: these bytes are lost
+                        // with the transport, as a reset would lose them.
+                        self.streams[s].broken = true;
+                    }
                     n.handle_input(c, &mut data, now);
                 }
                 self.flush(e.host);

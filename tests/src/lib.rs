@@ -50,17 +50,29 @@ impl AnyEvents {
 
 /// Starts a node on `rt` listening on `listen`, with identity `key` if given.
 pub async fn spawn_on(rt: Runtime, listen: &str, key: Option<Keypair>) -> (AnyNode, AnyEvents) {
+    spawn_with_capacity(rt, listen, key, 1024).await
+}
+
+/// Like [`spawn_on`], buffering at most `event_capacity` events for the application.
+pub async fn spawn_with_capacity(
+    rt: Runtime,
+    listen: &str,
+    key: Option<Keypair>,
+    event_capacity: usize,
+) -> (AnyNode, AnyEvents) {
     let addr = listen.parse().expect("addr");
     match rt {
         Runtime::Tokio => {
             let mut cfg = devp2p_tokio::NodeConfig::new(Config::with_protocols(protocols())).listen(addr);
             cfg.keypair = key;
+            cfg.event_capacity = event_capacity;
             let (n, e) = devp2p_tokio::Node::spawn(cfg).await.expect("spawn");
             (AnyNode::Tokio(n), AnyEvents::Tokio(e))
         }
         Runtime::Smol => {
             let mut cfg = devp2p_smol::NodeConfig::new(Config::with_protocols(protocols())).listen(addr);
             cfg.keypair = key;
+            cfg.event_capacity = event_capacity;
             let (n, e) = devp2p_smol::Node::spawn(cfg).await.expect("spawn");
             (AnyNode::Smol(n), AnyEvents::Smol(e))
         }
@@ -106,6 +118,14 @@ impl AnyNode {
         match self {
             AnyNode::Tokio(n) => n.disconnect(peer).await,
             AnyNode::Smol(n) => n.disconnect(peer).await,
+        }
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Vec<NodeId> {
+        match self {
+            AnyNode::Tokio(n) => n.peers().await,
+            AnyNode::Smol(n) => n.peers().await,
         }
     }
 

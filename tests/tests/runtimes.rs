@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use devp2p_core::{Bytes, DisconnectReason, Event, HandshakePath, Keypair, NodeId, PeerAddr, ProtocolId};
-use devp2p_integration::{expect_event, spawn_on, AnyEvents, Runtime};
+use devp2p_integration::{expect_event, spawn_on, spawn_with_capacity, AnyEvents, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use Runtime::{Smol, Tokio};
@@ -255,4 +255,50 @@ async fn garbage_from_a_raw_socket_is_rejected_tokio() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_a_raw_socket_is_rejected_smol() {
     garbage_is_rejected(Smol).await;
+}
+
+/// An application that does not read its events must still be able to use
+/// its node (commands and timers keep running while network reading stops),
+/// and then read every message in order; shutdown completes regardless.
+async fn commands_work_while_events_back_up(rt: Runtime) {
+    let (a, mut ea) = spawn_with_capacity(rt, "127.0.0.1:0", None, 2).await;
+    let (b, _eb) = spawn_on(Tokio, "127.0.0.1:0", None).await;
+    let a_id = b.dial(a.peer_addr()).await.expect("dial");
+    for i in 0..200u32 {
+        b.send(a_id, ProtocolId(0), 0, Bytes::from(i.to_be_bytes().to_vec())).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peers = tokio::time::timeout(Duration::from_secs(5), a.peers()).await.expect("peers answered");
+    assert_eq!(peers, vec![b.node_id()]);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        a.send(b.node_id(), ProtocolId(0), 1, Bytes::from_static(b"x")),
+    )
+    .await
+    .expect("send answered")
+    .expect("sent");
+    let mut next = 0u32;
+    while next < 200 {
+        if let Event::Message { payload, .. } =
+            expect_event(&mut ea, |e| matches!(e, Event::Message { .. })).await
+        {
+            assert_eq!(payload[..], next.to_be_bytes());
+            next += 1;
+        }
+    }
+    // Shutdown with events left unread still completes.
+    b.send(a_id, ProtocolId(0), 0, Bytes::from_static(b"unread")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), a.shutdown()).await.expect("shutdown completes");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_work_while_events_back_up_tokio() {
+    commands_work_while_events_back_up(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_work_while_events_back_up_smol() {
+    commands_work_while_events_back_up(Smol).await;
 }
