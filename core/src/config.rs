@@ -24,7 +24,16 @@ pub struct Config {
     /// message delays others; larger ones cost fewer AEAD calls.
     pub max_record_size: usize,
     /// Most bytes `poll_transmit` writes into one buffer (default 256 KiB).
+    /// On a slow link this, not the record size, bounds how long a newly
+    /// queued message waits behind bytes already handed to the transport.
     pub max_transmit_size: usize,
+    /// Bytes a protocol of weight 1 sends per scheduling round when several
+    /// protocols have data queued (default 16 KiB).
+    pub scheduler_quantum: usize,
+    /// A protocol whose next message has at most this many bytes left is
+    /// served before the round robin (default 512): small, latency-sensitive
+    /// messages overtake bulk transfers of other protocols.
+    pub priority_message_size: usize,
     /// Most payload bytes queued for sending to one peer before `send`
     /// returns [`SendError::QueueFull`](crate::SendError::QueueFull) (default 8 MiB).
     pub max_queued_per_peer: usize,
@@ -67,6 +76,8 @@ impl Default for Config {
             max_message_size: 4 << 20,
             max_record_size: MAX_RECORD_PLAINTEXT,
             max_transmit_size: 256 << 10,
+            scheduler_quantum: 16 << 10,
+            priority_message_size: 512,
             max_queued_per_peer: 8 << 20,
             max_queued_total: 256 << 20,
             max_reassembly_per_peer: 8 << 20,

@@ -30,6 +30,7 @@
 //! | `protocol` | sub-protocol registration, hello payload, negotiation |
 //! | `chunk`, `control`, `varint` | wire codecs |
 //! | `session` | records, chunking, reassembly, keepalive, rekey |
+//! | `scheduler` | per-protocol send queues: weighted round robin, priority lane |
 //! | `connection` | framing and phases of one transport |
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
@@ -58,6 +59,7 @@ mod node;
 mod protocol;
 mod reason;
 mod rng;
+mod scheduler;
 mod session;
 mod time;
 pub mod varint;

@@ -23,12 +23,21 @@ pub struct Protocol {
     pub version: u32,
     /// Number of message types; message types are `0..message_count`.
     pub message_count: u32,
+    /// Share of the link this protocol gets when several have data to send
+    /// (deficit round robin weight; local policy, not negotiated). Default 1.
+    pub weight: u32,
 }
 
 impl Protocol {
-    /// A protocol description.
+    /// A protocol description with weight 1.
     pub fn new(name: impl Into<String>, version: u32, message_count: u32) -> Self {
-        Protocol { name: name.into(), version, message_count }
+        Protocol { name: name.into(), version, message_count, weight: 1 }
+    }
+
+    /// The same protocol with scheduling weight `weight` (at least 1).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight.max(1);
+        self
     }
 }
 

@@ -16,18 +16,9 @@ use crate::event::{Event, UnsentMessage};
 use crate::identity::NodeId;
 use crate::protocol::{ProtocolId, SharedProtocol};
 use crate::reason::DisconnectReason;
+use crate::scheduler::Scheduler;
 use crate::time::Instant;
 use crate::varint::Reader;
-
-/// A message waiting to be written into records.
-struct Outgoing {
-    channel: u32,
-    protocol: ProtocolId,
-    msg_type: u32,
-    payload: Bytes,
-    /// Bytes of `payload` already written.
-    offset: usize,
-}
 
 /// A message being reassembled from chunks.
 struct Partial {
@@ -65,8 +56,8 @@ pub(crate) struct Session {
     channel_of: Vec<u32>,
     /// Largest message the peer accepts.
     peer_max_message: u64,
-    queue: VecDeque<Outgoing>,
-    /// Payload bytes in `queue` not yet written.
+    scheduler: Scheduler,
+    /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
     control: VecDeque<Control>,
     /// In-progress messages, indexed by channel - 1.
@@ -100,6 +91,8 @@ impl Session {
             channel_of[c.id.0 as usize] = c.channel;
         }
         let n = channels.len();
+        let weights = channels.iter().map(|c| config.protocols.get(c.id.0 as usize).map_or(1, |p| p.weight));
+        let scheduler = Scheduler::new(weights, config.scheduler_quantum, config.priority_message_size);
         let mut reassembly = Vec::with_capacity(n);
         reassembly.resize_with(n, || None);
         Session {
@@ -109,7 +102,7 @@ impl Session {
             channels,
             channel_of,
             peer_max_message,
-            queue: VecDeque::new(),
+            scheduler,
             queued_bytes: 0,
             control: VecDeque::new(),
             reassembly,
@@ -152,7 +145,7 @@ impl Session {
             return Err(crate::SendError::MessageTooLarge);
         }
         self.queued_bytes += payload.len();
-        self.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0 });
+        self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
     }
 
@@ -163,7 +156,7 @@ impl Session {
 
     /// True if records are waiting to be written.
     pub(crate) fn has_output(&self) -> bool {
-        !self.control.is_empty() || !self.queue.is_empty()
+        !self.control.is_empty() || !self.scheduler.is_empty()
     }
 
     /// Removes every queued application message (for closing), partly
@@ -172,8 +165,9 @@ impl Session {
     pub(crate) fn take_unsent(&mut self) -> (Vec<UnsentMessage>, usize) {
         let accounted = core::mem::take(&mut self.queued_bytes);
         let unsent = self
-            .queue
-            .drain(..)
+            .scheduler
+            .take_all()
+            .into_iter()
             .map(|m| UnsentMessage { protocol: m.protocol, msg_type: m.msg_type, payload: m.payload })
             .collect();
         (unsent, accounted)
@@ -240,8 +234,10 @@ impl Session {
                 }
                 self.control.pop_front();
             }
-            // Then application data, as many chunks as fit.
-            while let Some(m) = self.queue.front_mut() {
+            // Then application data, as many chunks as fit, in the order
+            // the scheduler chooses.
+            while let Some((idx, allowance)) = self.scheduler.next() {
+                let Some(m) = self.scheduler.head_mut(idx) else { break };
                 let space = limit.saturating_sub(buf.len());
                 let remaining = m.payload.len() - m.offset;
                 let st = (m.offset == 0).then_some(MessageStart {
@@ -250,24 +246,18 @@ impl Session {
                 });
                 let worst = chunk::data_header_len(u64::from(m.channel), st, remaining as u64);
                 if space < worst + remaining.min(1) {
-                    // Not even a header and one byte fit; unless nothing was
-                    // written yet (impossible with record_size >= 64) close the record.
+                    // Not even a header and one byte fit: the record is full.
                     break;
                 }
-                let take = remaining.min(space - worst);
+                let take = remaining.min(space - worst).min(allowance);
                 let last = take == remaining;
                 let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
                 let at = buf.len();
                 buf.resize(at + hl, 0);
                 chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
                 buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
-                m.offset += take;
                 dequeued += take;
-                if last {
-                    self.queue.pop_front();
-                } else {
-                    break;
-                }
+                self.scheduler.advance(idx, take);
             }
             let plain_len = buf.len() - start;
             if plain_len == 0 {

@@ -205,19 +205,23 @@ pub async fn run(n: usize) -> Result<Summary, String> {
             })
             .await?;
         let sender = nodes.iter().position(|x| x.node.node_id() == from).ok_or("unknown sender")?;
-        let mut next = 0u32;
+        // Messages k = 0, 2, 4, ... went on `chat`, the odd ones on `blocks`;
+        // order is kept per protocol.
+        let mut next = [0u32, 1u32];
         for e in nodes[*j].events() {
-            if let Event::Message { peer, payload, .. } = e {
+            if let Event::Message { peer, protocol, payload, .. } = e {
                 if peer != from {
                     continue;
                 }
-                let want = format!("{sender}:{next}:{}", "x".repeat((next as usize * 37) % 3000));
+                let lane = usize::from(protocol.0 == 1);
+                let k = next[lane];
+                let want = format!("{sender}:{k}:{}", "x".repeat((k as usize * 37) % 3000));
                 if payload == want.as_bytes() {
                     s.received += 1;
                 } else {
                     s.corrupt += 1;
                 }
-                next += 1;
+                next[lane] += 2;
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Bookkeeping of every application message the simulation sends, to check
-//! that each arrives exactly once, in order and uncorrupted, or is handed
+//! that each arrives exactly once, in order (per protocol) and uncorrupted, or is handed
 //! back, or was on a transport that failed.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,9 @@ use std::fmt;
 use devp2p_core::Bytes;
 
 /// Header of a simulated message: sender host, receiver host, sequence
-/// number and a checksum of the body.
-pub(crate) const HEADER: usize = 8 + 8 + 8 + 8;
+/// number (per sender and receiver, in send order), protocol, and a
+/// checksum of the body.
+pub(crate) const HEADER: usize = 8 + 8 + 8 + 8 + 8;
 
 /// One message's fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +47,9 @@ pub struct Ledger {
     fates: BTreeMap<(u64, u64, u64), Fate>,
     /// Messages queued on each stream, for settling them when it ends.
     by_stream: BTreeMap<u64, Vec<(u64, u64, u64)>>,
-    /// Highest sequence delivered per (from, to).
-    last: BTreeMap<(u64, u64), u64>,
+    /// Highest sequence delivered per (from, to, protocol): order is
+    /// guaranteed per protocol.
+    last: BTreeMap<(u64, u64, u64), u64>,
     next_seq: BTreeMap<(u64, u64), u64>,
     violations: Vec<Violation>,
 }
@@ -63,7 +65,7 @@ fn checksum(data: &[u8]) -> u64 {
 impl Ledger {
     /// Builds the payload of a new message from `from` to `to` with `len`
     /// body bytes, and its sequence number.
-    pub(crate) fn make(&mut self, from: u64, to: u64, len: usize, fill: u8) -> (Bytes, u64) {
+    pub(crate) fn make(&mut self, from: u64, to: u64, protocol: u16, len: usize, fill: u8) -> (Bytes, u64) {
         let seq = self.next_seq.entry((from, to)).or_insert(0);
         *seq += 1;
         let seq = *seq;
@@ -72,6 +74,7 @@ impl Ledger {
         p.extend_from_slice(&from.to_le_bytes());
         p.extend_from_slice(&to.to_le_bytes());
         p.extend_from_slice(&seq.to_le_bytes());
+        p.extend_from_slice(&u64::from(protocol).to_le_bytes());
         p.extend_from_slice(&checksum(&body).to_le_bytes());
         p.extend_from_slice(&body);
         (Bytes::from(p), seq)
@@ -103,17 +106,17 @@ impl Ledger {
         }
     }
 
-    fn parse(payload: &[u8]) -> Option<(u64, u64, u64, bool)> {
+    fn parse(payload: &[u8]) -> Option<(u64, u64, u64, u64, bool)> {
         if payload.len() < HEADER {
             return None;
         }
         let n = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
-        Some((n(0), n(8), n(16), n(24) == checksum(&payload[HEADER..])))
+        Some((n(0), n(8), n(16), n(24), n(32) == checksum(&payload[HEADER..])))
     }
 
     /// Records a delivery to host `at`.
     pub(crate) fn delivered(&mut self, at: u64, payload: &[u8]) {
-        let Some((from, to, seq, intact)) = Self::parse(payload) else {
+        let Some((from, to, seq, protocol, intact)) = Self::parse(payload) else {
             self.violations.push(Violation(format!("host {at} received a message with no header")));
             return;
         };
@@ -130,7 +133,7 @@ impl Ledger {
             }
             None => self.violations.push(Violation(format!("message {from}->{to} #{seq} never sent"))),
         }
-        let last = self.last.entry((from, to)).or_insert(0);
+        let last = self.last.entry((from, to, protocol)).or_insert(0);
         if seq <= *last {
             self.violations
                 .push(Violation(format!("message {from}->{to} #{seq} after #{last}: out of order")));
@@ -142,7 +145,7 @@ impl Ledger {
 
     /// Records a message handed back to host `at`.
     pub(crate) fn returned(&mut self, at: u64, payload: &[u8]) {
-        let Some((from, to, seq, _)) = Self::parse(payload) else { return };
+        let Some((from, to, seq, _, _)) = Self::parse(payload) else { return };
         if from != at {
             self.violations.push(Violation(format!("host {at} was handed back {from}->{to} #{seq}")));
         }

@@ -370,7 +370,7 @@ impl Sim {
     pub fn send(&mut self, a: HostId, b: HostId, protocol: u16, msg_type: u32, len: usize) -> bool {
         let to = self.node_id(b);
         let fill = self.rng.next_u32() as u8;
-        let (payload, seq) = self.ledger.make(a.0 as u64, b.0 as u64, len, fill);
+        let (payload, seq) = self.ledger.make(a.0 as u64, b.0 as u64, protocol, len, fill);
         let host = &mut self.hosts[a.0];
         let Some(node) = host.node.as_mut() else { return false };
         let Some(stream) = host.peer_conn.get(&to).and_then(|c| host.conns.get(c)).copied() else {
