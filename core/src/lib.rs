@@ -81,7 +81,7 @@ pub use event::{Direction, Event, HandshakePath, UnsentMessage};
 pub use handshake::HandshakeError;
 pub use identity::{Keypair, NodeId};
 pub use knowledge::{Ticket, TICKET_ID_LEN};
-pub use node::{ConfigError, Node};
+pub use node::{Broadcast, ConfigError, Node};
 pub use protocol::{HelloError, Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 pub use rand_core;
 pub use reason::DisconnectReason;

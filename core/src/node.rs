@@ -52,6 +52,15 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// What [`Node::broadcast`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Broadcast {
+    /// Peers the message was queued for.
+    pub sent: Vec<NodeId>,
+    /// Peers that share the protocol but refused it (a full queue, say).
+    pub failed: Vec<(NodeId, SendError)>,
+}
+
 /// Room the handshake needs besides the hello: kind byte, ticket id, two
 /// keys and two tags.
 const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
@@ -364,6 +373,23 @@ impl Node {
         session.queue_message(protocol, msg_type, payload)?;
         self.queued_total += len;
         Ok(())
+    }
+
+    /// Queues a message for every connected peer that speaks `protocol`.
+    /// The payload buffer is shared by every copy queued (a reference count,
+    /// not a copy per peer). Peers that do not share the protocol are
+    /// skipped; a peer whose queue is full is reported, not waited for.
+    pub fn broadcast(&mut self, protocol: ProtocolId, msg_type: u32, payload: Bytes) -> Broadcast {
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        let mut out = Broadcast::default();
+        for peer in peers {
+            match self.send(&peer, protocol, msg_type, payload.clone()) {
+                Ok(()) => out.sent.push(peer),
+                Err(SendError::ProtocolNotShared) => {}
+                Err(e) => out.failed.push((peer, e)),
+            }
+        }
+        out
     }
 
     /// Disconnects `peer` with `reason`; its unsent messages come back in

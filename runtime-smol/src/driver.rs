@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +25,7 @@ pub(crate) enum Command {
     Dial { addr: PeerAddr, reply: DialReply },
     Send { peer: NodeId, protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: SendReply },
     Disconnect { peer: NodeId },
+    Broadcast { protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: Sender<Broadcast> },
     Peers { reply: Sender<Vec<NodeId>> },
     Rtt { peer: NodeId, reply: Sender<Option<Duration>> },
     Shutdown { reply: Sender<()> },
@@ -287,6 +288,9 @@ impl Driver {
             Command::Disconnect { peer } => {
                 let now = self.now();
                 self.core.disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Broadcast { protocol, msg_type, payload, reply } => {
+                let _ = reply.try_send(self.core.broadcast(protocol, msg_type, payload));
             }
             Command::Peers { reply } => {
                 let _ = reply.try_send(self.core.peers().collect());

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    Bytes, Config, ConnectError, DisconnectReason, Event, Keypair, NodeId, PeerAddr, ProtocolId, SendError,
+    Broadcast, Bytes, Config, ConnectError, DisconnectReason, Event, Keypair, NodeId, PeerAddr, ProtocolId,
+    SendError,
 };
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
@@ -213,6 +214,15 @@ impl Node {
             .await
             .unwrap_or(Err(SendError::NotConnected))
             .map_err(NodeError::Send)
+    }
+
+    /// Queues a message for every connected peer that speaks `protocol`,
+    /// sharing one payload buffer; peers with a full queue are reported in
+    /// `failed`, not waited for.
+    pub async fn broadcast(&self, protocol: ProtocolId, msg_type: u32, payload: Bytes) -> Broadcast {
+        self.request(|reply| Command::Broadcast { protocol, msg_type, payload, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.

@@ -30,7 +30,7 @@ mod driver;
 mod handle;
 
 pub use devp2p_core::{
-    Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair, NodeId,
-    ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
+    Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
+    NodeId, ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
 };
 pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

@@ -6,7 +6,7 @@ use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +33,12 @@ pub(crate) enum Command {
     },
     Disconnect {
         peer: NodeId,
+    },
+    Broadcast {
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+        reply: oneshot::Sender<Broadcast>,
     },
     Peers {
         reply: oneshot::Sender<Vec<NodeId>>,
@@ -281,6 +287,9 @@ impl Driver {
             Command::Disconnect { peer } => {
                 let now = self.now();
                 self.core.disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Broadcast { protocol, msg_type, payload, reply } => {
+                let _ = reply.send(self.core.broadcast(protocol, msg_type, payload));
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.core.peers().collect());

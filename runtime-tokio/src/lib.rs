@@ -34,7 +34,7 @@ mod handle;
 pub mod demo;
 
 pub use devp2p_core::{
-    Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair, NodeId,
-    ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
+    Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
+    NodeId, ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
 };
 pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

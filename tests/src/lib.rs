@@ -121,6 +121,14 @@ impl AnyNode {
         }
     }
 
+    /// Broadcasts to every peer speaking `p`; returns how many it was queued for.
+    pub async fn broadcast(&self, p: ProtocolId, t: u32, payload: Bytes) -> usize {
+        match self {
+            AnyNode::Tokio(n) => n.broadcast(p, t, payload).await.sent.len(),
+            AnyNode::Smol(n) => n.broadcast(p, t, payload).await.sent.len(),
+        }
+    }
+
     /// The connected peers.
     pub async fn peers(&self) -> Vec<NodeId> {
         match self {

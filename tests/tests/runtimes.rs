@@ -310,3 +310,23 @@ async fn commands_work_while_events_back_up_tokio() {
 async fn commands_work_while_events_back_up_smol() {
     commands_work_while_events_back_up(Smol).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_peers_on_both_runtimes() {
+    let (hub, _eh) = spawn_on(Tokio, "127.0.0.1:0", None).await;
+    let (t, mut et) = spawn_on(Tokio, "127.0.0.1:0", None).await;
+    let (s, mut es) = spawn_on(Smol, "127.0.0.1:0", None).await;
+    hub.dial(t.peer_addr()).await.expect("dial tokio leaf");
+    hub.dial(s.peer_addr()).await.expect("dial smol leaf");
+    let payload = Bytes::from(vec![9u8; 100_000]);
+    assert_eq!(hub.broadcast(ProtocolId(1), 2, payload.clone()).await, 2);
+    for events in [&mut et, &mut es] {
+        let e = expect_event(events, |e| matches!(e, Event::Message { .. })).await;
+        assert!(
+            matches!(e, Event::Message { protocol: ProtocolId(1), msg_type: 2, payload: ref p, .. } if *p == payload)
+        );
+    }
+    for n in [hub, t, s] {
+        n.shutdown().await;
+    }
+}

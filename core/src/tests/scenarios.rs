@@ -558,3 +558,95 @@ proptest! {
         }
     }
 }
+
+/// A hub connected to several leaves, driven without I/O.
+struct Star {
+    hub: crate::Node,
+    leaves: Vec<(crate::Node, crate::ConnectionId, crate::ConnectionId)>,
+}
+
+impl Star {
+    fn new(n: usize, leaf_protocols: impl Fn(usize) -> Vec<Protocol>) -> Self {
+        let mut hub = super::harness::node(100, Config::with_protocols(protocols()));
+        let now = crate::Instant::ZERO;
+        let leaves = (0..n)
+            .map(|i| {
+                let mut leaf =
+                    super::harness::node(200 + i as u64, Config::with_protocols(leaf_protocols(i)));
+                let cl = leaf.connect(None, now).unwrap();
+                let ch = hub.accept(now).unwrap();
+                (leaf, cl, ch)
+            })
+            .collect();
+        let mut s = Star { hub, leaves };
+        s.pump();
+        s
+    }
+
+    fn pump(&mut self) -> Vec<Vec<Event>> {
+        let now = crate::Instant::ZERO;
+        let mut events = vec![Vec::new(); self.leaves.len()];
+        for _ in 0..100 {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            while let Some(c) = self.hub.poll_transmit(now, &mut buf) {
+                self.hub.handle_written(c, now);
+                if let Some((leaf, cl, _)) = self.leaves.iter_mut().find(|l| l.2 == c) {
+                    leaf.handle_input(*cl, &mut buf, now);
+                }
+                buf.clear();
+                moved = true;
+            }
+            for (i, (leaf, _, ch)) in self.leaves.iter_mut().enumerate() {
+                while let Some(c) = leaf.poll_transmit(now, &mut buf) {
+                    leaf.handle_written(c, now);
+                    self.hub.handle_input(*ch, &mut buf, now);
+                    buf.clear();
+                    moved = true;
+                }
+                while let Some(e) = leaf.poll_event() {
+                    events[i].push(e);
+                }
+            }
+            while self.hub.poll_event().is_some() {}
+            if !moved {
+                break;
+            }
+        }
+        events
+    }
+}
+
+#[test]
+fn broadcast_reaches_every_peer_speaking_the_protocol_sharing_one_buffer() {
+    // Leaf 2 does not speak "chat".
+    let mut star = Star::new(4, |i| if i == 2 { vec![Protocol::new("blocks", 2, 16)] } else { protocols() });
+    assert_eq!(star.hub.peers().count(), 4);
+    let payload = Bytes::from(vec![7u8; 10_000]);
+    let out = star.hub.broadcast(CHAT, 1, payload.clone());
+    assert_eq!(out.sent.len(), 3);
+    assert!(out.failed.is_empty());
+    // Every queued copy is the same buffer: disconnecting hands them back
+    // and they all point at the original bytes.
+    star.hub.shutdown(crate::Instant::ZERO);
+    let mut handed_back = Vec::new();
+    while let Some(e) = star.hub.poll_event() {
+        if let Event::PeerDisconnected { unsent, .. } = e {
+            handed_back.extend(unsent);
+        }
+    }
+    assert_eq!(handed_back.len(), 3);
+    assert!(handed_back.iter().all(|m| m.payload.as_ptr() == payload.as_ptr()));
+
+    let mut star = Star::new(4, |i| if i == 2 { vec![Protocol::new("blocks", 2, 16)] } else { protocols() });
+    star.hub.broadcast(CHAT, 1, payload.clone());
+    let events = star.pump();
+    for (i, ev) in events.iter().enumerate() {
+        let got = messages(ev);
+        if i == 2 {
+            assert!(got.is_empty());
+        } else {
+            assert_eq!(got, vec![(ProtocolId(0), 1, payload.clone())]);
+        }
+    }
+}
