@@ -19,6 +19,7 @@ use crate::event::{Direction, Event, HandshakePath};
 use crate::handshake::{kind as hs_kind, Completed, Handshake, HandshakeCtx, HandshakeError};
 use crate::identity::{Keypair, NodeId};
 use crate::knowledge::{Ticket, TicketStore};
+use crate::metrics::PeerMetrics;
 use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 use crate::reason::DisconnectReason;
 use crate::session::{RecordOutcome, Session};
@@ -211,6 +212,19 @@ impl Node {
     pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
         match &self.connections.get(self.peers.get(peer)?)?.phase {
             Phase::Established { session, .. } => session.rtt(),
+            Phase::Handshake(_) => None,
+        }
+    }
+
+    /// Counters and queue depths per shared protocol for every connected peer.
+    pub fn metrics(&self) -> Vec<PeerMetrics> {
+        self.peers.keys().filter_map(|p| self.peer_metrics(p)).collect()
+    }
+
+    /// Counters and queue depths per shared protocol for one peer.
+    pub fn peer_metrics(&self, peer: &NodeId) -> Option<PeerMetrics> {
+        match &self.connections.get(self.peers.get(peer)?)?.phase {
+            Phase::Established { session, .. } => Some(session.metrics()),
             Phase::Handshake(_) => None,
         }
     }

@@ -42,7 +42,7 @@ impl Protocol {
 }
 
 /// The index of a locally registered protocol, in registration order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ProtocolId(pub u16);
 
 /// A sub-protocol advertised by a peer.

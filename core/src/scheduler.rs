@@ -123,6 +123,12 @@ impl Scheduler {
         }
     }
 
+    /// Messages and payload bytes still queued on channel index `idx`.
+    pub(crate) fn depth(&self, idx: usize) -> (usize, usize) {
+        let q = &self.channels[idx].queue;
+        (q.len(), q.iter().map(Outgoing::remaining).sum())
+    }
+
     /// Removes every queued message, in the order they were accepted.
     pub(crate) fn take_all(&mut self) -> Vec<Outgoing> {
         let mut all: Vec<Outgoing> = self.channels.iter_mut().flat_map(|c| c.queue.drain(..)).collect();

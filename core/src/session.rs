@@ -14,6 +14,7 @@ use crate::crypto::cipher::TAG_LEN;
 use crate::crypto::{CipherState, CryptoError};
 use crate::event::{Event, UnsentMessage};
 use crate::identity::NodeId;
+use crate::metrics::{PeerMetrics, ProtocolMetrics};
 use crate::protocol::{ProtocolId, SharedProtocol};
 use crate::reason::DisconnectReason;
 use crate::scheduler::Scheduler;
@@ -60,6 +61,8 @@ pub(crate) struct Session {
     /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
     control: VecDeque<Control>,
+    /// Counters per channel (index = channel - 1).
+    stats: Vec<ProtocolMetrics>,
     /// In-progress messages, indexed by channel - 1.
     reassembly: Vec<Option<Partial>>,
     /// Bytes reserved by `reassembly`.
@@ -91,6 +94,10 @@ impl Session {
             channel_of[c.id.0 as usize] = c.channel;
         }
         let n = channels.len();
+        let stats = channels
+            .iter()
+            .map(|c| ProtocolMetrics { protocol: c.id, ..ProtocolMetrics::default() })
+            .collect();
         let weights = channels.iter().map(|c| config.protocols.get(c.id.0 as usize).map_or(1, |p| p.weight));
         let scheduler = Scheduler::new(weights, config.scheduler_quantum, config.priority_message_size);
         let mut reassembly = Vec::with_capacity(n);
@@ -103,6 +110,7 @@ impl Session {
             channel_of,
             peer_max_message,
             scheduler,
+            stats,
             queued_bytes: 0,
             control: VecDeque::new(),
             reassembly,
@@ -257,6 +265,9 @@ impl Session {
                 chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
                 buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
                 dequeued += take;
+                let st = &mut self.stats[idx];
+                st.bytes_out += take as u64;
+                st.messages_out += u64::from(last);
                 self.scheduler.advance(idx, take);
             }
             let plain_len = buf.len() - start;
@@ -385,6 +396,9 @@ impl Session {
                     if data.len() != total {
                         return Err(DisconnectReason::ProtocolViolation);
                     }
+                    let st = &mut self.stats[idx];
+                    st.messages_in += 1;
+                    st.bytes_in += total as u64;
                     events.push_back(Event::Message {
                         peer: self.peer,
                         protocol: shared.id,
@@ -413,6 +427,9 @@ impl Session {
                 return Err(DisconnectReason::ProtocolViolation);
             }
             self.reassembly_bytes -= p.total;
+            let st = &mut self.stats[idx];
+            st.messages_in += 1;
+            st.bytes_in += p.total as u64;
             let payload = p.buf.split().freeze();
             self.spare = Some(p.buf);
             events.push_back(Event::Message {
@@ -451,6 +468,20 @@ impl Session {
             self.control.push_back(Control::Rekey);
         }
         Ok(())
+    }
+
+    /// A snapshot of the per-protocol counters and queue depths.
+    pub(crate) fn metrics(&self) -> PeerMetrics {
+        let protocols = self
+            .stats
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let (queued_messages, queued_bytes) = self.scheduler.depth(i);
+                ProtocolMetrics { queued_messages, queued_bytes, ..*st }
+            })
+            .collect();
+        PeerMetrics { peer: self.peer, rtt: self.rtt, protocols }
     }
 
     /// Bytes held for partly received messages.

@@ -5,7 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, PeerMetrics, ProtocolId,
+    SendError, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +26,7 @@ pub(crate) enum Command {
     Dial { addr: PeerAddr, reply: DialReply },
     Send { peer: NodeId, protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: SendReply },
     Disconnect { peer: NodeId },
+    Metrics { reply: Sender<Vec<PeerMetrics>> },
     Broadcast { protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: Sender<Broadcast> },
     Peers { reply: Sender<Vec<NodeId>> },
     Rtt { peer: NodeId, reply: Sender<Option<Duration>> },
@@ -288,6 +290,9 @@ impl Driver {
             Command::Disconnect { peer } => {
                 let now = self.now();
                 self.core.disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.try_send(self.core.metrics());
             }
             Command::Broadcast { protocol, msg_type, payload, reply } => {
                 let _ = reply.try_send(self.core.broadcast(protocol, msg_type, payload));

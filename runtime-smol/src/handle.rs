@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    Broadcast, Bytes, Config, ConnectError, DisconnectReason, Event, Keypair, NodeId, PeerAddr, ProtocolId,
-    SendError,
+    Broadcast, Bytes, Config, ConnectError, DisconnectReason, Event, Keypair, NodeId, PeerAddr, PeerMetrics,
+    ProtocolId, SendError,
 };
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
@@ -228,6 +228,11 @@ impl Node {
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.
     pub async fn disconnect(&self, peer: NodeId) {
         let _ = self.inner.cmd.send(Command::Disconnect { peer }).await;
+    }
+
+    /// Per-peer, per-protocol counters and queue depths.
+    pub async fn metrics(&self) -> Vec<PeerMetrics> {
+        self.request(|reply| Command::Metrics { reply }).await.unwrap_or_default()
     }
 
     /// The connected peers.

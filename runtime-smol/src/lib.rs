@@ -31,6 +31,7 @@ mod handle;
 
 pub use devp2p_core::{
     Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
-    NodeId, ParseAddrError, PeerAddr, Protocol, ProtocolId, SendError, UnsentMessage,
+    NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
+    UnsentMessage,
 };
 pub use handle::{DialError, Events, Node, NodeConfig, NodeError};

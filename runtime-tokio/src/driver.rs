@@ -6,7 +6,8 @@ use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, PeerMetrics, ProtocolId,
+    SendError, Waiters,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +34,9 @@ pub(crate) enum Command {
     },
     Disconnect {
         peer: NodeId,
+    },
+    Metrics {
+        reply: oneshot::Sender<Vec<PeerMetrics>>,
     },
     Broadcast {
         protocol: ProtocolId,
@@ -287,6 +291,9 @@ impl Driver {
             Command::Disconnect { peer } => {
                 let now = self.now();
                 self.core.disconnect(&peer, DisconnectReason::Requested, now);
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.core.metrics());
             }
             Command::Broadcast { protocol, msg_type, payload, reply } => {
                 let _ = reply.send(self.core.broadcast(protocol, msg_type, payload));

@@ -24,7 +24,8 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Runs a node: prints peers and messages; each line typed on stdin is
-    /// sent to every peer on the `chat` protocol.
+    /// sent to every peer on the `chat` protocol (`/stats` prints per-peer,
+    /// per-protocol traffic and queue depths).
     Node {
         /// Address to listen on (repeatable), e.g. 0.0.0.0:30303 or [::]:30303.
         #[arg(long)]
@@ -138,6 +139,18 @@ async fn node(listen: Vec<SocketAddr>, dial: Vec<PeerAddr>, key: Option<String>)
                 None => break,
             },
             line = line_rx.recv() => match line {
+                Some(l) if l.trim() == "/stats" => {
+                    for m in node.metrics().await {
+                        println!("peer {:?} rtt {:?}", m.peer, m.rtt);
+                        for p in m.protocols {
+                            println!(
+                                "  protocol {:?}: in {} msgs / {} B, out {} msgs / {} B, queued {} msgs / {} B",
+                                p.protocol, p.messages_in, p.bytes_in, p.messages_out, p.bytes_out,
+                                p.queued_messages, p.queued_bytes
+                            );
+                        }
+                    }
+                }
                 Some(l) => {
                     for p in node.peers().await {
                         if let Err(e) = node.send(p, ProtocolId(0), 0, Bytes::from(l.clone())).await {

@@ -650,3 +650,33 @@ fn broadcast_reaches_every_peer_speaking_the_protocol_sharing_one_buffer() {
         }
     }
 }
+
+#[test]
+fn metrics_count_traffic_and_queues_per_protocol() {
+    let mut p = connected_pair();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    for _ in 0..3 {
+        p.a.send(&b, CHAT, 0, Bytes::from(vec![1u8; 100])).unwrap();
+    }
+    p.a.send(&b, BLOCKS, 0, Bytes::from(vec![2u8; 100_000])).unwrap();
+    p.drive();
+    let ma = p.a.peer_metrics(&b).expect("connected");
+    let mb = p.b.peer_metrics(&a).expect("connected");
+    let find = |m: &crate::PeerMetrics, id| *m.protocols.iter().find(|x| x.protocol == id).expect("shared");
+    let (a_chat, a_blocks) = (find(&ma, CHAT), find(&ma, BLOCKS));
+    assert_eq!((a_chat.messages_out, a_chat.bytes_out), (3, 300));
+    assert_eq!((a_blocks.messages_out, a_blocks.bytes_out), (1, 100_000));
+    // B registered "chat" as ProtocolId(0) and "blocks" as ProtocolId(1) too.
+    assert_eq!((find(&mb, CHAT).messages_in, find(&mb, CHAT).bytes_in), (3, 300));
+    assert_eq!((find(&mb, BLOCKS).messages_in, find(&mb, BLOCKS).bytes_in), (1, 100_000));
+    assert_eq!(a_chat.queued_messages, 0);
+    // With B not reading, the queue depth shows.
+    p.b_stalled = true;
+    for _ in 0..20 {
+        p.a.send(&b, BLOCKS, 1, Bytes::from(vec![3u8; 64 << 10])).unwrap();
+    }
+    p.drive();
+    let q = find(&p.a.peer_metrics(&b).unwrap(), BLOCKS);
+    assert!(q.queued_messages > 10 && q.queued_bytes > 10 * (64 << 10), "{q:?}");
+    assert_eq!(p.a.metrics().len(), 1);
+}
