@@ -7,7 +7,10 @@ use crate::protocol::Protocol;
 
 /// Largest plaintext a record can carry: a frame body is at most 65535
 /// bytes, of which 16 are the authentication tag.
-pub const MAX_RECORD_PLAINTEXT: usize = 65535 - 16;
+pub const MAX_RECORD_PLAINTEXT: usize = 65535 - TAG;
+
+/// The authentication tag ending every record.
+const TAG: usize = 16;
 
 /// Configuration of a [`Node`](crate::Node). Every limit has a safe default;
 /// see each field.
@@ -27,6 +30,11 @@ pub struct Config {
     /// On a slow link this, not the record size, bounds how long a newly
     /// queued message waits behind bytes already handed to the transport.
     pub max_transmit_size: usize,
+    /// Traffic shaping: if not empty, every record's frame body (ciphertext
+    /// and tag) is padded to the smallest of these sizes that holds it, and
+    /// records are no larger than the largest (each 17 to 65,535 bytes).
+    /// Hides message sizes from an observer. Default: no padding.
+    pub padding_buckets: Vec<usize>,
     /// Bytes a protocol of weight 1 sends per scheduling round when several
     /// protocols have data queued (default 16 KiB).
     pub scheduler_quantum: usize,
@@ -76,6 +84,7 @@ impl Default for Config {
             max_message_size: 4 << 20,
             max_record_size: MAX_RECORD_PLAINTEXT,
             max_transmit_size: 256 << 10,
+            padding_buckets: Vec::new(),
             scheduler_quantum: 16 << 10,
             priority_message_size: 512,
             max_queued_per_peer: 8 << 20,
@@ -103,8 +112,18 @@ impl Config {
         Config { protocols, ..Config::default() }
     }
 
-    /// The record size actually used: `max_record_size` clamped to `64..=MAX_RECORD_PLAINTEXT`.
+    /// The record plaintext size actually used: `max_record_size` clamped to
+    /// `64..=MAX_RECORD_PLAINTEXT`, and to the largest padding bucket.
     pub(crate) fn record_size(&self) -> usize {
-        self.max_record_size.clamp(64, MAX_RECORD_PLAINTEXT)
+        let size = self.max_record_size.clamp(64, MAX_RECORD_PLAINTEXT);
+        match self.padding_buckets.iter().max() {
+            Some(&b) => size.min(b - TAG),
+            None => size,
+        }
+    }
+
+    /// The padded plaintext length for a record of `plain` bytes.
+    pub(crate) fn padded_len(&self, plain: usize) -> usize {
+        self.padding_buckets.iter().map(|b| b - TAG).filter(|&b| b >= plain).min().unwrap_or(plain)
     }
 }

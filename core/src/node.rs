@@ -38,7 +38,7 @@ pub enum ConfigError {
     DuplicateProtocol,
     /// `max_message_size` exceeds `max_reassembly_per_peer` (messages the
     /// node advertises as acceptable would be refused), or
-    /// `max_transmit_size` is zero.
+    /// `max_transmit_size` is zero, or a padding bucket is outside 80..=65535.
     InconsistentLimits,
 }
 
@@ -162,7 +162,10 @@ impl Node {
                 return Err(ConfigError::DuplicateProtocol);
             }
         }
-        if config.max_message_size > config.max_reassembly_per_peer as u64 || config.max_transmit_size == 0 {
+        if config.max_message_size > config.max_reassembly_per_peer as u64
+            || config.max_transmit_size == 0
+            || config.padding_buckets.iter().any(|b| !(64 + 16..=65_535).contains(b))
+        {
             return Err(ConfigError::InconsistentLimits);
         }
         let mut hello = Vec::new();

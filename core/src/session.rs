@@ -275,6 +275,10 @@ impl Session {
                 buf.truncate(len_pos);
                 break;
             }
+            // Traffic shaping: pad up to the bucket (a padding chunk is a
+            // zero tag byte, and the rest of the record is ignored).
+            let plain_len = config.padded_len(plain_len);
+            buf.resize(start + plain_len, 0);
             let tag = self.send.seal_in_place(&[], &mut buf[start..])?;
             buf.extend_from_slice(&tag);
             let body_len = (plain_len + TAG_LEN) as u16;

@@ -680,3 +680,37 @@ fn metrics_count_traffic_and_queues_per_protocol() {
     assert!(q.queued_messages > 10 && q.queued_bytes > 10 * (64 << 10), "{q:?}");
     assert_eq!(p.a.metrics().len(), 1);
 }
+
+#[test]
+fn padded_records_have_only_the_configured_sizes() {
+    let buckets = vec![128, 1024, 8192];
+    let mut c = Config::with_protocols(protocols());
+    c.padding_buckets = buckets.clone();
+    let mut p = Pair::with_configs(c.clone(), c);
+    p.connect(None);
+    p.drive();
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    p.take_events(Side::B);
+    p.wire_a.clear();
+    p.wire_b.clear();
+    let sizes = [0usize, 1, 60, 100, 500, 1000, 5000, 8000, 20_000, 100_000];
+    for &n in &sizes {
+        p.a.send(&b, CHAT, 0, Bytes::from(vec![5u8; n])).unwrap();
+        p.b.send(&a, BLOCKS, 0, Bytes::from(vec![6u8; n])).unwrap();
+        p.drive();
+    }
+    p.advance(Duration::from_secs(20)); // keepalives too
+    let got = messages(&p.take_events(Side::B));
+    assert_eq!(got.iter().map(|m| m.2.len()).collect::<Vec<_>>(), sizes);
+    let mut frames = 0;
+    for wire in p.wire_a.iter().chain(p.wire_b.iter()) {
+        let mut w = &wire[..];
+        while w.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([w[0], w[1]]));
+            assert!(buckets.contains(&len), "record body of {len} bytes");
+            w = &w[2 + len..];
+            frames += 1;
+        }
+    }
+    assert!(frames > 40, "{frames} records checked");
+}
