@@ -35,6 +35,17 @@ pub struct Config {
     /// records are no larger than the largest (each 17 to 65,535 bytes).
     /// Hides message sizes from an observer. Default: no padding.
     pub padding_buckets: Vec<usize>,
+    /// Traffic shaping: most bytes per second written on one connection
+    /// (token bucket with a burst of one transmit). Default: unlimited.
+    pub max_connection_rate: Option<u64>,
+    /// Traffic shaping: most bytes per second written by the whole node.
+    /// Default: unlimited.
+    pub max_node_rate: Option<u64>,
+    /// Traffic shaping: when set, a connection with nothing to send sends a
+    /// padding-only record at this interval (cover traffic), so that, with
+    /// `padding_buckets` and a rate cap, the link looks the same busy or
+    /// idle. Default: off.
+    pub cover_traffic_interval: Option<Duration>,
     /// Bytes a protocol of weight 1 sends per scheduling round when several
     /// protocols have data queued (default 16 KiB).
     pub scheduler_quantum: usize,
@@ -85,6 +96,9 @@ impl Default for Config {
             max_record_size: MAX_RECORD_PLAINTEXT,
             max_transmit_size: 256 << 10,
             padding_buckets: Vec::new(),
+            max_connection_rate: None,
+            max_node_rate: None,
+            cover_traffic_interval: None,
             scheduler_quantum: 16 << 10,
             priority_message_size: 512,
             max_queued_per_peer: 8 << 20,

@@ -9,6 +9,7 @@ use crate::handshake::Handshake;
 use crate::knowledge::Ticket;
 use crate::reason::DisconnectReason;
 use crate::session::Session;
+use crate::shaping::TokenBucket;
 use crate::time::Instant;
 
 /// Identifies a connection within one node. Never reused.
@@ -61,6 +62,8 @@ pub(crate) struct Connection {
     pub(crate) closing: Option<Closing>,
     /// The handshake must complete by then.
     pub(crate) handshake_deadline: Instant,
+    /// Per-connection bandwidth cap, if configured.
+    pub(crate) rate: Option<TokenBucket>,
 }
 
 impl Connection {

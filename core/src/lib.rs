@@ -62,6 +62,7 @@ mod reason;
 mod rng;
 mod scheduler;
 mod session;
+mod shaping;
 mod time;
 pub mod varint;
 mod waiters;

@@ -23,6 +23,7 @@ use crate::metrics::PeerMetrics;
 use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 use crate::reason::DisconnectReason;
 use crate::session::{RecordOutcome, Session};
+use crate::shaping::TokenBucket;
 use crate::time::Instant;
 
 /// A configuration the node cannot run with.
@@ -131,6 +132,8 @@ pub struct Node {
     queued_total: usize,
     /// The connection `poll_transmit` served last (round robin).
     transmit_cursor: ConnectionId,
+    /// Node-wide bandwidth cap, if configured.
+    rate: Option<TokenBucket>,
 }
 
 impl fmt::Debug for Node {
@@ -149,7 +152,7 @@ impl Node {
         config: Config,
         keypair: Keypair,
         rng: Box<dyn CryptoRngCore + Send>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<Self, ConfigError> {
         if config.protocols.iter().any(|p| p.name.is_empty() || p.name.len() > MAX_PROTOCOL_NAME) {
             return Err(ConfigError::BadProtocolName);
@@ -174,7 +177,6 @@ impl Node {
             return Err(ConfigError::TooManyProtocols);
         }
         Ok(Node {
-            config,
             keypair,
             rng,
             hello,
@@ -186,6 +188,8 @@ impl Node {
             closed: VecDeque::new(),
             queued_total: 0,
             transmit_cursor: ConnectionId(0),
+            rate: config.max_node_rate.map(|r| TokenBucket::new(r, Self::burst(&config), now)),
+            config,
         })
     }
 
@@ -318,6 +322,10 @@ impl Node {
                 write_in_flight: false,
                 closing: None,
                 handshake_deadline: now + self.config.handshake_timeout,
+                rate: self
+                    .config
+                    .max_connection_rate
+                    .map(|r| TokenBucket::new(r, Self::burst(&self.config), now)),
             },
         );
         Ok(id)
@@ -749,25 +757,62 @@ impl Node {
     /// served round robin.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<ConnectionId> {
+        let mut allowance = self.config.max_transmit_size;
+        if let Some(rate) = &mut self.rate {
+            allowance = allowance.min(rate.available(now));
+            if allowance == 0 {
+                return None;
+            }
+        }
         let cursor = self.transmit_cursor;
-        let id = self
-            .connections
-            .range((Bound::Excluded(cursor), Bound::Unbounded))
-            .chain(self.connections.range(..=cursor))
-            .find(|(_, c)| !c.write_in_flight && c.has_output())
-            .map(|(id, _)| *id)?;
+        let ready = |c: &Connection| !c.write_in_flight && c.has_output();
+        let id = if self.config.max_connection_rate.is_none() {
+            self.connections
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .chain(self.connections.range(..=cursor))
+                .find(|(_, c)| ready(c))
+                .map(|(id, _)| *id)?
+        } else {
+            // Paced: the first ready connection whose own bucket has tokens.
+            let ids: Vec<ConnectionId> = self
+                .connections
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .chain(self.connections.range(..=cursor))
+                .filter(|(_, c)| ready(c))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut found = None;
+            for id in ids {
+                let c = self.connections.get_mut(&id)?;
+                let avail = c.rate.as_mut().map_or(usize::MAX, |r| r.available(now));
+                if avail > 0 {
+                    allowance = allowance.min(avail);
+                    found = Some(id);
+                    break;
+                }
+            }
+            found?
+        };
         let conn = self.connections.get_mut(&id)?;
+        let start = buf.len();
         buf.extend_from_slice(&conn.plain_out);
         conn.plain_out.clear();
         let mut failed = false;
         if let Phase::Established { session, .. } = &mut conn.phase {
-            match session.write_records(buf, self.config.max_transmit_size, &self.config, now) {
+            match session.write_records(buf, start + allowance, &self.config, now) {
                 Ok(n) => self.queued_total -= n,
                 // Only nonce exhaustion, which rekeying prevents.
                 Err(_) => failed = true,
             }
         }
         conn.write_in_flight = true;
+        let written = buf.len() - start;
+        if let Some(r) = &mut conn.rate {
+            r.spend(written);
+        }
+        if let Some(r) = &mut self.rate {
+            r.spend(written);
+        }
         self.transmit_cursor = id;
         if failed {
             // Nothing more can be sealed, not even a DISCONNECT: report and
@@ -792,9 +837,21 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When `handle_timeout` should next be called, or `None` if no timer runs.
+    /// When `handle_timeout` should next be called, or `None` if no timer
+    /// runs. With a bandwidth cap, this includes when paced output may go.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let shaped = self.rate.is_some() || self.config.max_connection_rate.is_some();
+        let shaping = shaped
+            .then(|| {
+                let node = self.rate.as_ref().and_then(TokenBucket::ready_at);
+                self.connections
+                    .values()
+                    .filter(|c| !c.write_in_flight && c.has_output())
+                    .filter_map(|c| c.rate.as_ref().and_then(TokenBucket::ready_at).max(node))
+                    .min()
+            })
+            .flatten();
         self.connections
             .values()
             .map(|c| match (&c.closing, &c.phase) {
@@ -803,7 +860,13 @@ impl Node {
                 (None, Phase::Established { announced: false, .. }) => c.handshake_deadline,
                 (None, Phase::Established { session, .. }) => session.poll_timeout(&self.config),
             })
+            .chain(shaping)
             .min()
+    }
+
+    /// The burst of a bandwidth cap: one full record and its framing.
+    fn burst(config: &Config) -> u64 {
+        (config.record_size() + 18) as u64
     }
 }
 

@@ -76,6 +76,10 @@ pub(crate) struct Session {
     rtt: Option<Duration>,
     last_recv: Instant,
     rekey: RekeyState,
+    /// When the next cover record is due (cover traffic enabled).
+    cover_due: Option<Instant>,
+    /// A padding-only record is to be sent.
+    cover_pending: bool,
 }
 
 impl Session {
@@ -122,6 +126,8 @@ impl Session {
             rtt: None,
             last_recv: now,
             rekey: RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false },
+            cover_due: config.cover_traffic_interval.map(|i| now + i),
+            cover_pending: false,
         }
     }
 
@@ -164,7 +170,7 @@ impl Session {
 
     /// True if records are waiting to be written.
     pub(crate) fn has_output(&self) -> bool {
-        !self.control.is_empty() || !self.scheduler.is_empty()
+        !self.control.is_empty() || !self.scheduler.is_empty() || self.cover_pending
     }
 
     /// Removes every queued application message (for closing), partly
@@ -270,6 +276,11 @@ impl Session {
                 st.messages_out += u64::from(last);
                 self.scheduler.advance(idx, take);
             }
+            if buf.len() == start && self.cover_pending {
+                // Cover traffic: a record of padding only.
+                buf.push(chunk::TAG_PADDING);
+            }
+            self.cover_pending = false;
             let plain_len = buf.len() - start;
             if plain_len == 0 {
                 buf.truncate(len_pos);
@@ -455,6 +466,9 @@ impl Session {
         if !self.rekey.queued {
             t = t.min(self.rekey.due);
         }
+        if let Some(c) = self.cover_due {
+            t = t.min(c);
+        }
         t
     }
 
@@ -466,6 +480,12 @@ impl Session {
         if now >= self.next_ping {
             self.start_ping(now);
             self.next_ping = now + config.keepalive_interval;
+        }
+        if let (Some(due), Some(interval)) = (self.cover_due, config.cover_traffic_interval) {
+            if now >= due {
+                self.cover_pending = !self.has_output();
+                self.cover_due = Some(now + interval);
+            }
         }
         if !self.rekey.queued && now >= self.rekey.due {
             self.rekey.queued = true;

@@ -714,3 +714,71 @@ fn padded_records_have_only_the_configured_sizes() {
     }
     assert!(frames > 40, "{frames} records checked");
 }
+
+#[test]
+fn a_connection_rate_cap_holds() {
+    let mut c = Config::with_protocols(protocols());
+    c.max_connection_rate = Some(200_000);
+    let mut p = Pair::with_configs(c.clone(), c);
+    p.latency = Duration::from_millis(1);
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    p.take_events(Side::B);
+    for _ in 0..10 {
+        p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 200_000])).unwrap();
+    }
+    let start = p.now;
+    p.advance(Duration::from_secs(5));
+    let delivered = messages(&p.take_events(Side::B)).len();
+    // 5 s at 200 kB/s is 1 MB: five messages (one record of burst aside).
+    assert!((4..=5).contains(&delivered), "{delivered} messages after {:?}", p.now - start);
+    p.advance(Duration::from_secs(6));
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 10 - delivered);
+}
+
+#[test]
+fn a_node_rate_cap_holds() {
+    let mut hub_cfg = Config::with_protocols(protocols());
+    hub_cfg.max_node_rate = Some(100_000);
+    let mut p = Pair::with_configs(hub_cfg, Config::with_protocols(protocols()));
+    p.latency = Duration::from_millis(1);
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    p.take_events(Side::B);
+    for _ in 0..40 {
+        p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 50_000])).unwrap();
+    }
+    p.advance(Duration::from_secs(10));
+    let delivered = messages(&p.take_events(Side::B)).len();
+    // 10 s at 100 kB/s is 1 MB; the burst and one record of overdraft
+    // (about 130 kB) may come on top.
+    assert!((19..=23).contains(&delivered), "{delivered} messages of 50 kB in 10 s at 100 kB/s");
+}
+
+#[test]
+fn cover_traffic_keeps_an_idle_link_busy_with_padded_records() {
+    let mut c = Config::with_protocols(protocols());
+    c.cover_traffic_interval = Some(Duration::from_millis(100));
+    c.padding_buckets = vec![512];
+    let mut p = Pair::with_configs(c.clone(), c);
+    p.connect(None);
+    p.drive();
+    p.take_events(Side::B);
+    p.wire_a.clear();
+    p.advance(Duration::from_secs(1));
+    let mut records = 0;
+    for wire in &p.wire_a {
+        let mut w = &wire[..];
+        while w.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([w[0], w[1]]));
+            assert_eq!(len, 512);
+            w = &w[2 + len..];
+            records += 1;
+        }
+    }
+    assert!((9..=11).contains(&records), "{records} cover records in 1 s");
+    assert!(messages(&p.take_events(Side::B)).is_empty());
+    assert!(p.b.is_connected(&p.id(Side::A)));
+}
