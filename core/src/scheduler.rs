@@ -82,8 +82,9 @@ impl Scheduler {
     }
 
     /// Chooses the channel to write from next and how many of its bytes may
-    /// be written now. Channels whose next message is small go first; the
-    /// others share the link by deficit round robin.
+    /// be written now. Channels whose next message is small go first (with
+    /// an unlimited allowance, `usize::MAX`, which marks the priority lane);
+    /// the others share the link by deficit round robin.
     pub(crate) fn next(&mut self) -> Option<(usize, usize)> {
         let small = self.small;
         if let Some(&idx) = self

@@ -249,8 +249,15 @@ impl Session {
                 self.control.pop_front();
             }
             // Then application data, as many chunks as fit, in the order
-            // the scheduler chooses.
+            // the scheduler chooses. A record carrying a priority message
+            // is not filled up with bulk data: it is sent at once, small.
+            let mut urgent = false;
             while let Some((idx, allowance)) = self.scheduler.next() {
+                let priority = allowance == usize::MAX;
+                if urgent && !priority {
+                    break;
+                }
+                urgent |= priority;
                 let Some(m) = self.scheduler.head_mut(idx) else { break };
                 let space = limit.saturating_sub(buf.len());
                 let remaining = m.payload.len() - m.offset;
@@ -300,6 +307,11 @@ impl Session {
                 self.send.rekey();
                 self.rekey =
                     RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false };
+            }
+            if urgent {
+                // Hand the priority record to the transport on its own,
+                // instead of behind more bulk records in the same buffer.
+                break;
             }
         }
         self.queued_bytes -= dequeued;

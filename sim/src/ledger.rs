@@ -52,6 +52,10 @@ pub struct Ledger {
     last: BTreeMap<(u64, u64, u64), u64>,
     next_seq: BTreeMap<(u64, u64), u64>,
     violations: Vec<Violation>,
+    /// When each queued message was sent (virtual nanoseconds).
+    sent_at: BTreeMap<(u64, u64, u64), u64>,
+    /// Delivery latency of every message, by protocol (virtual nanoseconds).
+    latencies: BTreeMap<u64, Vec<u64>>,
 }
 
 fn checksum(data: &[u8]) -> u64 {
@@ -81,8 +85,9 @@ impl Ledger {
     }
 
     /// Records that the core accepted the message for the connection on `stream`.
-    pub(crate) fn sent(&mut self, from: u64, to: u64, seq: u64, stream: u64) {
+    pub(crate) fn sent(&mut self, from: u64, to: u64, seq: u64, stream: u64, now: u64) {
         self.sent += 1;
+        self.sent_at.insert((from, to, seq), now);
         self.fates.insert((from, to, seq), Fate::Queued(stream));
         self.by_stream.entry(stream).or_default().push((from, to, seq));
     }
@@ -93,6 +98,7 @@ impl Ledger {
     pub(crate) fn stream_ended(&mut self, stream: u64, broken: bool) {
         for key in self.by_stream.remove(&stream).unwrap_or_default() {
             if self.fates.get(&key) == Some(&Fate::Queued(stream)) {
+                self.sent_at.remove(&key);
                 if broken {
                     self.fates.insert(key, Fate::Lost);
                     self.lost += 1;
@@ -115,7 +121,7 @@ impl Ledger {
     }
 
     /// Records a delivery to host `at`.
-    pub(crate) fn delivered(&mut self, at: u64, payload: &[u8]) {
+    pub(crate) fn delivered(&mut self, at: u64, payload: &[u8], now: u64) {
         let Some((from, to, seq, protocol, intact)) = Self::parse(payload) else {
             self.violations.push(Violation(format!("host {at} received a message with no header")));
             return;
@@ -140,6 +146,9 @@ impl Ledger {
         }
         *last = seq;
         self.fates.insert((from, to, seq), Fate::Delivered);
+        if let Some(t) = self.sent_at.remove(&(from, to, seq)) {
+            self.latencies.entry(protocol).or_default().push(now.saturating_sub(t));
+        }
         self.delivered += 1;
     }
 
@@ -156,6 +165,7 @@ impl Ledger {
                 .push(Violation(format!("message {from}->{to} #{seq} handed back after {f:?}"))),
         }
         self.fates.insert((from, to, seq), Fate::Returned);
+        self.sent_at.remove(&(from, to, seq));
         self.returned += 1;
     }
 
@@ -164,6 +174,12 @@ impl Ledger {
         // Saturating: a violation (say, a duplicate delivery) must be
         // reported, not turned into an overflow.
         self.sent.saturating_sub(self.delivered + self.returned + self.lost)
+    }
+
+    /// Delivery latencies (send to delivery, virtual time) of `protocol`'s
+    /// messages, in delivery order.
+    pub fn latencies(&self, protocol: u16) -> &[u64] {
+        self.latencies.get(&u64::from(protocol)).map_or(&[], Vec::as_slice)
     }
 
     /// The violations seen so far.

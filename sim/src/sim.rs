@@ -379,7 +379,7 @@ impl Sim {
         if node.send(&to, ProtocolId(protocol), msg_type, payload).is_err() {
             return false;
         }
-        self.ledger.sent(a.0 as u64, b.0 as u64, seq, stream as u64);
+        self.ledger.sent(a.0 as u64, b.0 as u64, seq, stream as u64, self.now.as_nanos());
         self.flush(a.0);
         true
     }
@@ -836,7 +836,7 @@ impl Sim {
                 1
             }
             Event::Message { payload, .. } => {
-                self.ledger.delivered(h as u64, payload);
+                self.ledger.delivered(h as u64, payload, self.now.as_nanos());
                 self.trace.bytes(payload);
                 2
             }

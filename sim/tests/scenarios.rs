@@ -267,3 +267,60 @@ fn random_scenarios_carry_real_traffic() {
     );
     assert!(s > 100 && d > 50, "scenarios sent {s} and delivered {d} messages");
 }
+
+/// p50 and p99 of 64-byte messages on protocol 0 over a 10 Mbit/s link,
+/// alone or while protocol 1 keeps the link saturated with 16 MiB messages.
+fn small_message_latency(with_bulk: bool, record: usize) -> (Duration, Duration) {
+    let mut cfg = SimConfig::with_seed(11);
+    cfg.link = LinkConfig {
+        latency: Duration::from_millis(10),
+        jitter: Duration::ZERO,
+        bandwidth: Some(1_250_000),
+        ..LinkConfig::default()
+    };
+    cfg.node.max_record_size = record;
+    cfg.node.max_transmit_size = record;
+    cfg.node.max_message_size = 16 << 20;
+    cfg.node.max_reassembly_per_peer = 32 << 20;
+    cfg.node.max_queued_per_peer = 64 << 20;
+    cfg.record_events = false;
+    cfg.check_every_step = false;
+    let mut sim = Sim::new(cfg);
+    let (a, b) = (sim.add_host(), sim.add_host());
+    sim.connect(a, b, true);
+    sim.run_for(Duration::from_secs(1));
+    let peer = sim.node_id(b);
+    for _ in 0..500 {
+        if with_bulk && sim.node(a).map_or(0, |n| n.queued_bytes(&peer)) < (16 << 20) {
+            assert!(sim.send(a, b, 1, 0, (16 << 20) - 40));
+        }
+        assert!(sim.send(a, b, 0, 0, 64 - 40));
+        sim.run_for(Duration::from_millis(20));
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim.check_invariants().unwrap();
+    let mut l: Vec<u64> = sim.ledger().latencies(0).to_vec();
+    assert_eq!(l.len(), 500);
+    l.sort_unstable();
+    let pct = |p: usize| Duration::from_nanos(l[(l.len() * p / 100).min(l.len() - 1)]);
+    (pct(50), pct(99))
+}
+
+#[test]
+fn a_small_message_waits_about_one_record_behind_a_bulk_transfer() {
+    for record in [16 << 10, 4 << 10] {
+        let (alone50, alone99) = small_message_latency(false, record);
+        let (bulk50, bulk99) = small_message_latency(true, record);
+        let record_time = Duration::from_nanos(record as u64 * 1_000_000_000 / 1_250_000);
+        eprintln!(
+            "record {record} B ({record_time:?} at 10 Mbit/s): 64 B alone p50 {alone50:?} p99 {alone99:?}; \
+             beside 16 MiB bulk p50 {bulk50:?} p99 {bulk99:?}"
+        );
+        // Behind a saturating bulk transfer a small message waits for the
+        // record (one transmit) already on the wire, and no more.
+        assert!(
+            bulk99 <= alone99 + record_time + Duration::from_millis(1),
+            "p99 {bulk99:?} vs {alone99:?} + 1 record"
+        );
+    }
+}
