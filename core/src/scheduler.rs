@@ -95,6 +95,11 @@ impl Scheduler {
             return Some((idx, usize::MAX));
         }
         let &idx = self.active.front()?;
+        if self.active.len() == 1 {
+            // Alone on the link: no turns to take (and no needless chunk
+            // boundaries). `MAX - 1` is not the priority lane's mark.
+            return Some((idx, usize::MAX - 1));
+        }
         let c = &mut self.channels[idx];
         if c.deficit == 0 {
             c.deficit = self.quantum * c.weight;
