@@ -31,6 +31,7 @@ pub struct ReadmeDoctests;
 mod driver;
 mod handle;
 
+pub mod bench;
 pub mod demo;
 
 pub use devp2p_core::{

@@ -37,6 +37,23 @@ enum Cmd {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Measures the four workloads of ../shared/peers/libp2p-bench (bulk,
+    /// 64 B messages, 64 B round trips, connections/s) on 127.0.0.1 and
+    /// prints one JSON line each.
+    Bench {
+        /// Bytes for the bulk workload.
+        #[arg(long, default_value_t = 1 << 30)]
+        bulk_bytes: u64,
+        /// Messages for the 64 B workload.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Round trips for the RTT workload.
+        #[arg(long, default_value_t = 5_000)]
+        rounds: usize,
+        /// Connections for the handshake workload.
+        #[arg(long, default_value_t = 300)]
+        connections: usize,
+    },
     /// Starts N nodes on loopback that connect by every handshake path,
     /// exchange messages and print a summary.
     Demo {
@@ -72,6 +89,9 @@ async fn main() {
     let result = match cli.command {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
+        Cmd::Bench { bulk_bytes, messages, rounds, connections } => {
+            bench(bulk_bytes, messages, rounds, connections).await
+        }
         Cmd::Demo { nodes } => devp2p_tokio::demo::run(nodes).await.and_then(|s| {
             if s.corrupt == 0 && s.received == s.sent {
                 Ok(())
@@ -84,6 +104,15 @@ async fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+async fn bench(bulk: u64, messages: u64, rounds: usize, connections: usize) -> Result<(), String> {
+    use devp2p_tokio::bench;
+    println!("{}", bench::bulk(bulk).await?);
+    println!("{}", bench::messages(messages).await?);
+    println!("{}", bench::rtt(rounds).await?);
+    println!("{}", bench::connections(connections).await?);
+    Ok(())
 }
 
 fn keygen(out: Option<PathBuf>) -> Result<(), String> {
