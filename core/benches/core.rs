@@ -95,6 +95,8 @@ struct Pair {
     b_to_a: BTreeMap<ConnectionId, ConnectionId>,
     buf: Vec<u8>,
     now: Instant,
+    /// The path of the last `PeerConnected` A saw.
+    last_path: Option<HandshakePath>,
 }
 
 impl Pair {
@@ -106,6 +108,7 @@ impl Pair {
             b_to_a: BTreeMap::new(),
             buf: Vec::with_capacity(2 << 20),
             now: Instant::ZERO,
+            last_path: None,
         }
     }
 
@@ -149,7 +152,11 @@ impl Pair {
                     links.remove(&c);
                 }
             }
-            while self.a.poll_event().is_some() {}
+            while let Some(e) = self.a.poll_event() {
+                if let Event::PeerConnected { path, .. } = e {
+                    self.last_path = Some(path);
+                }
+            }
             if !moved {
                 return received;
             }
@@ -160,42 +167,15 @@ impl Pair {
     /// closed again; returns the path the handshake took.
     fn handshake(&mut self, target: Option<NodeId>) -> HandshakePath {
         let (ca, _) = self.connect(target);
-        let mut path = None;
-        loop {
-            let mut moved = false;
-            while let Some(c) = self.a.poll_transmit(self.now, &mut self.buf) {
-                self.a.handle_written(c, self.now);
-                if let Some(&cb) = self.a_to_b.get(&c) {
-                    self.b.handle_input(cb, &mut self.buf, self.now);
-                }
-                self.buf.clear();
-                moved = true;
-            }
-            while let Some(c) = self.b.poll_transmit(self.now, &mut self.buf) {
-                self.b.handle_written(c, self.now);
-                if let Some(&ca2) = self.b_to_a.get(&c) {
-                    self.a.handle_input(ca2, &mut self.buf, self.now);
-                }
-                self.buf.clear();
-                moved = true;
-            }
-            while let Some(e) = self.a.poll_event() {
-                if let Event::PeerConnected { path: p, .. } = e {
-                    path = Some(p);
-                }
-            }
-            while self.b.poll_event().is_some() {}
-            if !moved {
-                break;
-            }
-        }
+        self.last_path = None;
+        self.pump();
         // Tear down as a transport close on both sides (no DISCONNECT
         // record), so the figure is the handshake alone.
         let cb = self.a_to_b[&ca];
         self.a.handle_close(ca, self.now);
         self.b.handle_close(cb, self.now);
         self.pump();
-        path.expect("handshake completed")
+        self.last_path.expect("handshake completed")
     }
 }
 

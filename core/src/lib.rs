@@ -90,4 +90,4 @@ pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
 pub use time::Instant;
-pub use waiters::Waiters;
+pub use waiters::{Outputs, Waiters};

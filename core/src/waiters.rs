@@ -16,6 +16,26 @@ use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;
 use crate::time::Instant;
 
+/// What a runtime does with the node's outputs, for [`Waiters::drain`]:
+/// the only runtime-specific part of draining a node.
+pub trait Outputs<D, S> {
+    /// A buffer for `poll_transmit` (a recycled one, ideally; it must be empty).
+    fn buffer(&mut self) -> Vec<u8>;
+    /// Keeps an unused buffer for later.
+    fn recycle(&mut self, buf: Vec<u8>);
+    /// Hands `buf` to the writer of connection `id`; gives it back if that
+    /// transport is gone. The runtime calls `handle_written` once written.
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>>;
+    /// The transport of `id` must be closed now.
+    fn close(&mut self, id: ConnectionId);
+    /// An event for the application.
+    fn event(&mut self, ev: Event);
+    /// A dial is resolved.
+    fn dial_done(&mut self, reply: D, result: Result<NodeId, DisconnectReason>);
+    /// A send that waited for queue space is resolved.
+    fn send_done(&mut self, reply: S, result: Result<(), SendError>);
+}
+
 struct PendingSend<R> {
     peer: NodeId,
     protocol: ProtocolId,
@@ -89,9 +109,52 @@ impl<D, S> Waiters<D, S> {
         !self.sends.is_empty()
     }
 
-    /// Retries waiting sends after the node drained some queue; appends the
-    /// replies to resolve to `out`.
-    pub fn retry_sends(&mut self, node: &mut Node, out: &mut Vec<(S, Result<(), SendError>)>) {
+    /// Drains the node's outputs into `out` until none is left, in the
+    /// order that keeps replies right: waiting sends are retried, transmits
+    /// handed to writers, events passed on (resolving dials first), and
+    /// closes carried out (resolving dials that never got an event).
+    pub fn drain(&mut self, node: &mut Node, now: Instant, out: &mut impl Outputs<D, S>) {
+        loop {
+            let mut progress = false;
+            if self.has_waiting_sends() {
+                self.retry_sends(node, |reply, r| out.send_done(reply, r));
+            }
+            loop {
+                let mut buf = out.buffer();
+                let Some(id) = node.poll_transmit(now, &mut buf) else {
+                    out.recycle(buf);
+                    break;
+                };
+                progress = true;
+                if let Err(buf) = out.write(id, buf) {
+                    out.recycle(buf);
+                    node.handle_written(id, now);
+                    node.handle_close(id, now);
+                }
+            }
+            while let Some(ev) = node.poll_event() {
+                progress = true;
+                if let Some((reply, r)) = self.on_event(node, &ev) {
+                    out.dial_done(reply, r);
+                }
+                out.event(ev);
+            }
+            while let Some(id) = node.poll_close() {
+                progress = true;
+                out.close(id);
+                if let Some(reply) = self.on_close(id) {
+                    out.dial_done(reply, Err(DisconnectReason::TransportClosed));
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Retries waiting sends after the node drained some queue, resolving
+    /// each one that is accepted or refused.
+    pub fn retry_sends(&mut self, node: &mut Node, mut done: impl FnMut(S, Result<(), SendError>)) {
         let mut blocked: Vec<NodeId> = Vec::new();
         let mut keep = VecDeque::new();
         while let Some(p) = self.sends.pop_front() {
@@ -104,7 +167,7 @@ impl<D, S> Waiters<D, S> {
                     blocked.push(p.peer);
                     keep.push_back(p);
                 }
-                r => out.push((p.reply, r)),
+                r => done(p.reply, r),
             }
         }
         self.sends = keep;

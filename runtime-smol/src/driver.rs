@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, PeerMetrics, ProtocolId,
-    SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, Outputs, PeerAddr, PeerMetrics,
+    ProtocolId, SendError, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,7 +68,6 @@ pub(crate) struct Driver {
     events: Sender<Event>,
     conns: HashMap<ConnectionId, ConnIo>,
     waiters: Waiters<DialReply, SendReply>,
-    replies: Vec<(SendReply, Result<(), SendError>)>,
     spare: Vec<Vec<u8>>,
     listeners: Vec<Task<()>>,
     shutdown: Vec<Sender<()>>,
@@ -118,7 +117,6 @@ impl Driver {
             events,
             conns: HashMap::new(),
             waiters: Waiters::default(),
-            replies: Vec::new(),
             spare: Vec::new(),
             listeners,
             shutdown: Vec::new(),
@@ -384,67 +382,70 @@ impl Driver {
         }
     }
 
-    /// Drains the core's outputs: transmits to the writers, events (which
-    /// resolve dials first) to the application, then closes.
+    /// Drains the core's outputs (see `Waiters::drain`), then offers the
+    /// application the events it has room for.
     fn flush(&mut self) {
-        loop {
-            if self.waiters.has_waiting_sends() {
-                self.waiters.retry_sends(&mut self.core, &mut self.replies);
-                for (reply, r) in self.replies.drain(..) {
-                    let _ = reply.try_send(r);
-                }
-            }
-            let now = self.now();
-            let mut progress = false;
-            loop {
-                let mut buf = self.spare.pop().unwrap_or_default();
-                let Some(id) = self.core.poll_transmit(now, &mut buf) else {
-                    self.spare.push(buf);
-                    break;
-                };
-                progress = true;
-                match self.conns.get(&id) {
-                    Some(io) if io.writer.try_send(buf).is_ok() => {}
-                    _ => {
-                        self.core.handle_written(id, now);
-                        self.core.handle_close(id, now);
-                    }
-                }
-            }
-            while let Some(ev) = self.core.poll_event() {
-                progress = true;
-                if let Some((reply, r)) = self.waiters.on_event(&self.core, &ev) {
-                    let _ = reply.try_send(r.map_err(DialError::Handshake));
-                }
-                if let Event::HandshakeDowngraded { peer, from, to, .. } = &ev {
-                    tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
-                }
-                self.backlog.push_back(ev);
-            }
-            self.offer_events();
-            while let Some(id) = self.core.poll_close() {
-                progress = true;
-                // Dropping the reader task cancels it. The writer finishes
-                // what it was given within a grace period: a peer that never
-                // reads cannot pin the socket.
-                if let Some(io) = self.conns.remove(&id) {
-                    drop(io.writer);
-                    let writer = io.writer_task;
-                    smol::spawn(async move {
-                        smol::future::or(writer, async {
-                            Timer::after(WRITE_GRACE).await;
-                        })
-                        .await;
-                    })
-                    .detach();
-                }
-                if let Some(reply) = self.waiters.on_close(id) {
-                    let _ = reply.try_send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
-                }
-            }
-            if !progress {
-                return;
-            }
+        let now = self.now();
+        let mut out = Sink { conns: &mut self.conns, spare: &mut self.spare, backlog: &mut self.backlog };
+        self.waiters.drain(&mut self.core, now, &mut out);
+        self.offer_events();
+    }
+}
+
+/// Where the smol driver puts the core's outputs.
+struct Sink<'a> {
+    conns: &'a mut HashMap<ConnectionId, ConnIo>,
+    spare: &'a mut Vec<Vec<u8>>,
+    backlog: &'a mut VecDeque<Event>,
+}
+
+impl Outputs<DialReply, SendReply> for Sink<'_> {
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 64 {
+            self.spare.push(buf);
         }
+    }
+
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.conns.get(&id) {
+            Some(io) => io.writer.try_send(buf).map_err(channel::TrySendError::into_inner),
+            None => Err(buf),
+        }
+    }
+
+    fn close(&mut self, id: ConnectionId) {
+        // Dropping the reader task cancels it. The writer finishes what it
+        // was given within a grace period: a peer that never reads cannot
+        // pin the socket.
+        if let Some(io) = self.conns.remove(&id) {
+            drop(io.writer);
+            let writer = io.writer_task;
+            smol::spawn(async move {
+                smol::future::or(writer, async {
+                    Timer::after(WRITE_GRACE).await;
+                })
+                .await;
+            })
+            .detach();
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        if let Event::HandshakeDowngraded { peer, from, to, .. } = &ev {
+            tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+        }
+        self.backlog.push_back(ev);
+    }
+
+    fn dial_done(&mut self, reply: DialReply, result: Result<NodeId, DisconnectReason>) {
+        let _ = reply.try_send(result.map_err(DialError::Handshake));
+    }
+
+    fn send_done(&mut self, reply: SendReply, result: Result<(), SendError>) {
+        let _ = reply.try_send(result);
     }
 }

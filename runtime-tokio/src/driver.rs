@@ -6,8 +6,8 @@ use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, PeerAddr, PeerMetrics, ProtocolId,
-    SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, Outputs, PeerAddr, PeerMetrics,
+    ProtocolId, SendError, Waiters,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,7 +86,6 @@ pub(crate) struct Driver {
     events: mpsc::Sender<Event>,
     conns: HashMap<ConnectionId, ConnIo>,
     waiters: Waiters<DialReply, SendReply>,
-    replies: Vec<(SendReply, Result<(), SendError>)>,
     spare: Vec<Vec<u8>>,
     listeners: Vec<JoinHandle<()>>,
     shutdown: Vec<oneshot::Sender<()>>,
@@ -136,7 +135,6 @@ impl Driver {
             events,
             conns: HashMap::new(),
             waiters: Waiters::default(),
-            replies: Vec::new(),
             spare: Vec::new(),
             listeners,
             shutdown: Vec::new(),
@@ -385,68 +383,58 @@ impl Driver {
         }
     }
 
-    /// Drains the core's outputs: transmits to the writers, events (which
-    /// resolve dials first) to the application, then closes.
+    /// Drains the core's outputs (see `Waiters::drain`), then offers the
+    /// application the events it has room for.
     fn flush(&mut self) {
-        loop {
-            if self.waiters.has_waiting_sends() {
-                self.waiters.retry_sends(&mut self.core, &mut self.replies);
-                for (reply, r) in self.replies.drain(..) {
-                    let _ = reply.send(r);
-                }
-            }
-            let now = self.now();
-            let mut progress = false;
-            loop {
-                let mut buf = self.spare.pop().unwrap_or_default();
-                let Some(id) = self.core.poll_transmit(now, &mut buf) else {
-                    self.spare.push(buf);
-                    break;
-                };
-                progress = true;
-                match self.conns.get(&id) {
-                    Some(io) if io.writer.send(buf).is_ok() => {}
-                    _ => {
-                        self.core.handle_written(id, now);
-                        self.core.handle_close(id, now);
-                    }
-                }
-            }
-            while let Some(ev) = self.core.poll_event() {
-                progress = true;
-                self.route_event(&ev);
-                self.backlog.push_back(ev);
-            }
-            self.offer_events();
-            while let Some(id) = self.core.poll_close() {
-                progress = true;
-                if let Some(io) = self.conns.remove(&id) {
-                    io.reader.abort();
-                    // The writer finishes what it was given, within a grace
-                    // period: a peer that never reads cannot pin the socket.
-                    let mut writer = io.writer_task;
-                    drop(io.writer);
-                    tokio::spawn(async move {
-                        if tokio::time::timeout(WRITE_GRACE, &mut writer).await.is_err() {
-                            writer.abort();
-                        }
-                    });
-                }
-                if let Some(reply) = self.waiters.on_close(id) {
-                    let _ = reply.send(Err(DialError::Handshake(DisconnectReason::TransportClosed)));
-                }
-            }
-            if !progress {
-                return;
-            }
+        let now = self.now();
+        let mut out = Sink { conns: &mut self.conns, spare: &mut self.spare, backlog: &mut self.backlog };
+        self.waiters.drain(&mut self.core, now, &mut out);
+        self.offer_events();
+    }
+}
+
+/// Where the tokio driver puts the core's outputs.
+struct Sink<'a> {
+    conns: &'a mut HashMap<ConnectionId, ConnIo>,
+    spare: &'a mut Vec<Vec<u8>>,
+    backlog: &'a mut VecDeque<Event>,
+}
+
+impl Outputs<DialReply, SendReply> for Sink<'_> {
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 64 {
+            self.spare.push(buf);
         }
     }
 
-    fn route_event(&mut self, ev: &Event) {
-        if let Some((reply, r)) = self.waiters.on_event(&self.core, ev) {
-            let _ = reply.send(r.map_err(DialError::Handshake));
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.conns.get(&id) {
+            Some(io) => io.writer.send(buf).map_err(|e| e.0),
+            None => Err(buf),
         }
-        match ev {
+    }
+
+    fn close(&mut self, id: ConnectionId) {
+        if let Some(io) = self.conns.remove(&id) {
+            io.reader.abort();
+            // The writer finishes what it was given, within a grace period:
+            // a peer that never reads cannot pin the socket.
+            let mut writer = io.writer_task;
+            drop(io.writer);
+            tokio::spawn(async move {
+                if tokio::time::timeout(WRITE_GRACE, &mut writer).await.is_err() {
+                    writer.abort();
+                }
+            });
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match &ev {
             Event::PeerConnected { peer, path, direction, .. } => {
                 tracing::info!(%peer, ?path, ?direction, "peer connected");
             }
@@ -461,6 +449,15 @@ impl Driver {
             }
             _ => {}
         }
+        self.backlog.push_back(ev);
+    }
+
+    fn dial_done(&mut self, reply: DialReply, result: Result<NodeId, DisconnectReason>) {
+        let _ = reply.send(result.map_err(DialError::Handshake));
+    }
+
+    fn send_done(&mut self, reply: SendReply, result: Result<(), SendError>) {
+        let _ = reply.send(result);
     }
 }
 
