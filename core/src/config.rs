@@ -58,6 +58,22 @@ pub struct Config {
     pub max_queued_per_peer: usize,
     /// Most payload bytes queued for sending to all peers together (default 256 MiB).
     pub max_queued_total: usize,
+    /// Most payload bytes queued for one protocol to one peer (default
+    /// 4 MiB), so that a protocol the peer stops accepting (no flow-control
+    /// credit) cannot take the whole peer queue from the others.
+    pub max_queued_per_protocol: usize,
+    /// Flow control: the credit, in payload bytes plus 16 per message, that
+    /// each peer gets per protocol for messages this node has not consumed
+    /// yet (default 4 MiB). It is what a protocol's slow consumer may have
+    /// waiting, per peer: at most the larger of this and `max_message_size`
+    /// plus 16. Larger windows keep fast links busy over long round trips.
+    pub receive_window: u64,
+    /// Flow control: when false (the default) a message is consumed, and its
+    /// credit goes back to the sender, as soon as
+    /// [`Node::poll_event`](crate::Node::poll_event) returns it. When true
+    /// the application says when with [`Node::consume`](crate::Node::consume);
+    /// the runtimes do so when their application takes the message.
+    pub manual_consume: bool,
     /// Most bytes of partly received messages held for one peer (default 8 MiB);
     /// a peer exceeding it is disconnected with `ResourceLimit`.
     pub max_reassembly_per_peer: usize,
@@ -103,6 +119,9 @@ impl Default for Config {
             priority_message_size: 512,
             max_queued_per_peer: 8 << 20,
             max_queued_total: 256 << 20,
+            max_queued_per_protocol: 4 << 20,
+            receive_window: 4 << 20,
+            manual_consume: false,
             max_reassembly_per_peer: 8 << 20,
             max_connections: 1024,
             max_handshaking: 128,

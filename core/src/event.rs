@@ -40,6 +40,19 @@ pub struct UnsentMessage {
     pub payload: Bytes,
 }
 
+/// A complete message, as a runtime hands it to a per-protocol stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Sender.
+    pub peer: NodeId,
+    /// Protocol.
+    pub protocol: ProtocolId,
+    /// Message type within the protocol.
+    pub msg_type: u32,
+    /// Payload.
+    pub payload: Bytes,
+}
+
 /// An event for the application, returned by [`Node::poll_event`](crate::Node::poll_event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -23,7 +23,7 @@ use crate::node::Node;
 use crate::protocol::{Hello, Protocol, ProtocolId, SharedProtocol};
 use crate::reason::DisconnectReason;
 use crate::rng::SeededRng;
-use crate::session::Session;
+use crate::session::{PeerLimits, Session};
 use crate::time::Instant;
 use crate::varint::Reader;
 use crate::ConnectionId;
@@ -39,6 +39,7 @@ fn small_config() -> Config {
         max_queued_per_peer: 256 << 10,
         max_queued_total: 1 << 20,
         max_record_size: 4096,
+        receive_window: 16 << 10,
         ..Config::with_protocols(protocols())
     }
 }
@@ -101,11 +102,12 @@ pub fn record(data: &[u8]) {
         NodeId([3; 32]),
         channels,
         2,
-        u64::MAX,
+        PeerLimits { max_message: u64::MAX, receive_window: Some(16 << 10) },
         &config,
         Instant::ZERO,
     );
     let mut sender = CipherState::new([2; 32]);
+    let mut records = 0u32;
     let mut rest = data;
     let mut events = VecDeque::new();
     while rest.len() >= 2 {
@@ -137,6 +139,22 @@ pub fn record(data: &[u8]) {
             }
         }
         assert!(s.reassembly_bytes() <= config.max_reassembly_per_peer);
+        // What flow control lets a peer leave unconsumed, per channel.
+        let bound = config.receive_window.max(config.max_message_size + crate::MESSAGE_OVERHEAD);
+        for p in s.metrics().protocols {
+            assert!(p.unconsumed <= bound, "flow control bound");
+        }
+        // The application consumes after every other record.
+        records += 1;
+        if records & 1 == 0 {
+            for ev in events.drain(..) {
+                if let Event::Message { protocol, payload, .. } = ev {
+                    s.consume(protocol, 1, payload.len() as u64);
+                }
+            }
+            let mut out = Vec::new();
+            let _ = s.write_records(&mut out, 1 << 16, &config, Instant::ZERO);
+        }
     }
     for e in events {
         if let Event::Message { protocol, msg_type, payload, .. } = e {
@@ -265,7 +283,8 @@ pub fn node_ops(data: &[u8]) {
     let mut ab: Vec<u8> = Vec::new();
     let mut ba: Vec<u8> = Vec::new();
     let mut tampered = false;
-    let mut sent: VecDeque<Bytes> = VecDeque::new();
+    // What A sent and B still owes, per protocol (order holds per protocol).
+    let mut sent: [VecDeque<Bytes>; 2] = Default::default();
     let b_id = b.node_id();
     for op in data.chunks(4) {
         let arg = |i: usize| op.get(i).copied().unwrap_or(0);
@@ -281,7 +300,7 @@ pub fn node_ops(data: &[u8]) {
                 let payload = Bytes::from(alloc::vec![arg(3); len]);
                 let proto = ProtocolId(u16::from(arg(3) & 1));
                 if a.send(&b_id, proto, u32::from(arg(3) % 2), payload.clone()).is_ok() {
-                    sent.push_back(payload);
+                    sent[usize::from(proto.0)].push_back(payload);
                 }
             }
             2 => {
@@ -337,20 +356,17 @@ pub fn node_ops(data: &[u8]) {
             if let Event::PeerDisconnected { unsent, .. } = e {
                 // Handed back: these are not owed to B any more. They are
                 // the newest messages, so they leave from the back.
-                for _ in unsent {
-                    sent.pop_back();
+                for m in unsent {
+                    sent[usize::from(m.protocol.0) % 2].pop_back();
                 }
             }
         }
         for e in eb {
-            if let Event::Message { payload, .. } = e {
+            if let Event::Message { protocol, payload, .. } = e {
                 if !tampered {
                     // Messages lost with a closed transport are skipped;
                     // the rest arrive in order and intact.
-                    while sent.front().is_some_and(|s| *s != payload) {
-                        sent.pop_front();
-                    }
-                    assert_eq!(sent.pop_front(), Some(payload), "B received a message A never sent");
+                    expect_sent(&mut sent[usize::from(protocol.0) % 2], payload);
                 }
             }
         }
@@ -369,11 +385,8 @@ pub fn node_ops(data: &[u8]) {
                 }
                 drain(&mut a, now);
                 for e in drain(&mut b, now).1 {
-                    if let (Event::Message { payload, .. }, false) = (e, tampered) {
-                        while sent.front().is_some_and(|s| *s != payload) {
-                            sent.pop_front();
-                        }
-                        assert_eq!(sent.pop_front(), Some(payload), "B received a message A never sent");
+                    if let (Event::Message { protocol, payload, .. }, false) = (e, tampered) {
+                        expect_sent(&mut sent[usize::from(protocol.0) % 2], payload);
                     }
                 }
                 link = None;
@@ -384,4 +397,13 @@ pub fn node_ops(data: &[u8]) {
         check_bounds(&a);
         check_bounds(&b);
     }
+}
+
+/// Checks that B received `payload` next on its protocol, skipping
+/// messages lost with a closed transport.
+fn expect_sent(sent: &mut VecDeque<Bytes>, payload: Bytes) {
+    while sent.front().is_some_and(|s| *s != payload) {
+        sent.pop_front();
+    }
+    assert_eq!(sent.pop_front(), Some(payload), "B received a message A never sent");
 }

@@ -31,10 +31,13 @@
 //! | `chunk`, `control`, `varint` | wire codecs |
 //! | `session` | records, chunking, reassembly, keepalive, rekey |
 //! | `scheduler` | per-protocol send queues: weighted round robin, priority lane |
+//! | `flow` | per-protocol credit windows (flow control) |
+//! | `shaping` | token buckets for bandwidth caps |
 //! | `connection` | framing and phases of one transport |
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
-//! | `waiters` | dials and sends a runtime's async API waits on |
+//! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
+//! | `credit` | (feature `std`) flow-control credit shared between a runtime's readers and driver |
 //! | `addr` | `NODEID@host:port` addresses |
 //!
 //! The wire format is specified byte for byte in `SPEC.md`.
@@ -43,15 +46,20 @@
 #![warn(missing_docs, unreachable_pub)]
 
 extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
 
 mod addr;
 mod chunk;
 mod config;
 mod connection;
 mod control;
+#[cfg(feature = "std")]
+mod credit;
 mod crypto;
 mod error;
 mod event;
+mod flow;
 mod handshake;
 mod identity;
 mod knowledge;
@@ -77,9 +85,12 @@ pub use addr::{ParseAddrError, PeerAddr};
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
+#[cfg(feature = "std")]
+pub use credit::{CreditShared, Taken};
 pub use crypto::{CipherState, CryptoError};
 pub use error::{ConnectError, SendError};
-pub use event::{Direction, Event, HandshakePath, UnsentMessage};
+pub use event::{Direction, Event, HandshakePath, Message, UnsentMessage};
+pub use flow::MESSAGE_OVERHEAD;
 pub use handshake::HandshakeError;
 pub use identity::{Keypair, NodeId};
 pub use knowledge::{Ticket, TICKET_ID_LEN};
@@ -90,4 +101,4 @@ pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
 pub use time::Instant;
-pub use waiters::{Outputs, Waiters};
+pub use waiters::{Consumed, Outputs, Waiters};

@@ -24,6 +24,13 @@ pub struct ProtocolMetrics {
     pub queued_messages: usize,
     /// Payload bytes waiting in this protocol's send queue.
     pub queued_bytes: usize,
+    /// Flow-control credit the peer has left us for this protocol (payload
+    /// bytes plus 16 per message; negative after a message larger than the
+    /// peer's window; `i64::MAX` if the peer does no flow control).
+    pub send_credit: i64,
+    /// Flow-control cost of messages received on this protocol that the
+    /// application has not consumed yet (what this node holds for it).
+    pub unconsumed: u64,
 }
 
 /// A snapshot of one connected peer.

@@ -22,7 +22,7 @@ use crate::knowledge::{Ticket, TicketStore};
 use crate::metrics::PeerMetrics;
 use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 use crate::reason::DisconnectReason;
-use crate::session::{RecordOutcome, Session};
+use crate::session::{PeerLimits, RecordOutcome, Session};
 use crate::shaping::TokenBucket;
 use crate::time::Instant;
 
@@ -172,7 +172,7 @@ impl Node {
             return Err(ConfigError::InconsistentLimits);
         }
         let mut hello = Vec::new();
-        Hello::local(&config.protocols, config.max_message_size).encode(&mut hello);
+        Hello::local(&config.protocols, config.max_message_size, config.receive_window).encode(&mut hello);
         if hello.len() + HANDSHAKE_OVERHEAD > usize::from(u16::MAX) {
             return Err(ConfigError::TooManyProtocols);
         }
@@ -417,6 +417,18 @@ impl Node {
         out
     }
 
+    /// Tells the node that the application has consumed `messages` messages
+    /// from `peer` on `protocol`, with `payload_bytes` payload bytes in all,
+    /// so their flow-control credit goes back to the peer. Only needed with
+    /// [`Config::manual_consume`]; calls for a peer that is gone, or beyond
+    /// what was received, are ignored.
+    pub fn consume(&mut self, peer: &NodeId, protocol: ProtocolId, messages: u64, payload_bytes: u64) {
+        let Some(id) = self.peers.get(peer) else { return };
+        if let Some(Phase::Established { session, .. }) = self.connections.get_mut(id).map(|c| &mut c.phase) {
+            session.consume(protocol, messages, payload_bytes);
+        }
+    }
+
     /// Disconnects `peer` with `reason`; its unsent messages come back in
     /// `PeerDisconnected`. Does nothing if the peer is not connected.
     pub fn disconnect(&mut self, peer: &NodeId, reason: DisconnectReason, now: Instant) {
@@ -551,6 +563,7 @@ impl Node {
         let hello = Hello::decode(&remote_hello, self.config.max_peer_protocols);
         let peer_max =
             hello.as_ref().ok().and_then(|h| h.max_message_size).unwrap_or(self.config.max_message_size);
+        let peer_window = hello.as_ref().ok().and_then(|h| h.receive_window);
         let shared =
             hello.as_ref().map(|h| protocol::negotiate(&self.config.protocols, h)).unwrap_or_default();
         let mut session = Session::new(
@@ -558,7 +571,7 @@ impl Node {
             peer,
             shared,
             self.config.protocols.len(),
-            peer_max,
+            PeerLimits { max_message: peer_max, receive_window: peer_window },
             &self.config,
             now,
         );
@@ -834,7 +847,13 @@ impl Node {
     /// The next application event.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        if !self.config.manual_consume {
+            if let Event::Message { peer, protocol, payload, .. } = &ev {
+                self.consume(peer, *protocol, 1, payload.len() as u64);
+            }
+        }
+        Some(ev)
     }
 
     /// When `handle_timeout` should next be called, or `None` if no timer

@@ -60,6 +60,9 @@ pub(crate) struct Hello {
     pub(crate) protocols: Vec<Advertised>,
     /// Largest message the sender accepts (tag 3); `None` if not advertised.
     pub(crate) max_message_size: Option<u64>,
+    /// Flow-control credit the sender grants each channel at the start
+    /// (tag 4); `None` if not advertised: the peer does no flow control.
+    pub(crate) receive_window: Option<u64>,
 }
 
 /// Field tags of the hello payload.
@@ -67,6 +70,7 @@ mod tag {
     pub(super) const WIRE_VERSION: u64 = 1;
     pub(super) const PROTOCOL: u64 = 2;
     pub(super) const MAX_MESSAGE_SIZE: u64 = 3;
+    pub(super) const RECEIVE_WINDOW: u64 = 4;
 }
 
 /// A malformed hello payload.
@@ -107,7 +111,7 @@ fn write_field(out: &mut Vec<u8>, tag: u64, value: &[u8]) {
 
 impl Hello {
     /// The hello this node sends.
-    pub(crate) fn local(protocols: &[Protocol], max_message_size: u64) -> Self {
+    pub(crate) fn local(protocols: &[Protocol], max_message_size: u64, receive_window: u64) -> Self {
         Hello {
             wire_version: WIRE_VERSION,
             protocols: protocols
@@ -119,6 +123,7 @@ impl Hello {
                 })
                 .collect(),
             max_message_size: Some(max_message_size),
+            receive_window: Some(receive_window),
         }
     }
 
@@ -138,6 +143,11 @@ impl Hello {
             v.clear();
             varint::write(&mut v, m);
             write_field(out, tag::MAX_MESSAGE_SIZE, &v);
+        }
+        if let Some(w) = self.receive_window {
+            v.clear();
+            varint::write(&mut v, w);
+            write_field(out, tag::RECEIVE_WINDOW, &v);
         }
     }
 
@@ -166,6 +176,7 @@ impl Hello {
                     hello.protocols.push(Advertised { name: name.to_vec(), version, message_count });
                 }
                 tag::MAX_MESSAGE_SIZE => hello.max_message_size = Some(value.varint()?),
+                tag::RECEIVE_WINDOW => hello.receive_window = Some(value.varint()?),
                 _ => {} // unknown field: skipped
             }
         }
@@ -228,7 +239,7 @@ mod tests {
     proptest! {
         #[test]
         fn hello_roundtrip(ps in proptest::collection::vec(arb_protocol(), 0..20), m in 0u64..(1 << 40)) {
-            let h = Hello::local(&ps, m);
+            let h = Hello::local(&ps, m, m / 2);
             let mut out = Vec::new();
             h.encode(&mut out);
             prop_assert_eq!(Hello::decode(&out, 1000).unwrap(), h);
@@ -242,8 +253,8 @@ mod tests {
         #[test]
         fn negotiation_is_symmetric(a in proptest::collection::vec(arb_protocol(), 0..8),
                                     b in proptest::collection::vec(arb_protocol(), 0..8)) {
-            let ha = Hello::local(&a, 1);
-            let hb = Hello::local(&b, 1);
+            let ha = Hello::local(&a, 1, 1);
+            let hb = Hello::local(&b, 1, 1);
             let sa = negotiate(&a, &hb);
             let sb = negotiate(&b, &ha);
             prop_assert_eq!(sa.len(), sb.len());
@@ -258,7 +269,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_skipped() {
         let mut out = Vec::new();
-        Hello::local(&[Protocol::new("eth", 1, 8)], 1024).encode(&mut out);
+        Hello::local(&[Protocol::new("eth", 1, 8)], 1024, 4096).encode(&mut out);
         write_field(&mut out, 99, b"future");
         let h = Hello::decode(&out, 8).unwrap();
         assert_eq!(h.protocols.len(), 1);
@@ -267,7 +278,7 @@ mod tests {
     #[test]
     fn highest_shared_version_wins() {
         let local = vec![Protocol::new("eth", 1, 8), Protocol::new("eth", 2, 8), Protocol::new("bzz", 1, 3)];
-        let remote = Hello::local(&[Protocol::new("eth", 1, 8), Protocol::new("eth", 2, 8)], 1);
+        let remote = Hello::local(&[Protocol::new("eth", 1, 8), Protocol::new("eth", 2, 8)], 1, 1);
         let s = negotiate(&local, &remote);
         assert_eq!(s, vec![SharedProtocol { id: ProtocolId(1), channel: 1, message_count: 8 }]);
     }

@@ -38,6 +38,9 @@ pub enum DisconnectReason {
     UnknownMessageType,
     /// The peer exceeded a memory limit (reassembly buffers) (code 13).
     ResourceLimit,
+    /// The peer sent more than its flow-control credit allowed, or granted
+    /// more credit than can be counted (code 14).
+    FlowControlViolation,
     /// The transport was closed or reset without a `DISCONNECT` (never sent).
     TransportClosed,
     /// A code this implementation does not know.
@@ -63,6 +66,7 @@ impl DisconnectReason {
             HandshakeFailed => 11,
             UnknownMessageType => 12,
             ResourceLimit => 13,
+            FlowControlViolation => 14,
             TransportClosed => 255,
             Unknown(c) => c,
         }
@@ -94,6 +98,7 @@ impl DisconnectReason {
             11 => HandshakeFailed,
             12 => UnknownMessageType,
             13 => ResourceLimit,
+            14 => FlowControlViolation,
             255 => TransportClosed,
             c => Unknown(c),
         }
@@ -118,6 +123,7 @@ impl fmt::Display for DisconnectReason {
             HandshakeFailed => f.write_str("handshake failed"),
             UnknownMessageType => f.write_str("unknown channel or message type"),
             ResourceLimit => f.write_str("peer exceeded a resource limit"),
+            FlowControlViolation => f.write_str("peer broke flow control"),
             TransportClosed => f.write_str("transport closed"),
             Unknown(c) => write!(f, "unknown reason {c}"),
         }

@@ -31,6 +31,8 @@ impl Outgoing {
 
 struct ChannelQueue {
     queue: VecDeque<Outgoing>,
+    /// Payload bytes of `queue` not yet written.
+    bytes: usize,
     /// Bytes this channel may still send in its current round.
     deficit: usize,
     weight: usize,
@@ -53,7 +55,7 @@ impl Scheduler {
     pub(crate) fn new(weights: impl IntoIterator<Item = u32>, quantum: usize, small: usize) -> Self {
         let channels = weights
             .into_iter()
-            .map(|w| ChannelQueue { queue: VecDeque::new(), deficit: 0, weight: w.max(1) as usize })
+            .map(|w| ChannelQueue { queue: VecDeque::new(), bytes: 0, deficit: 0, weight: w.max(1) as usize })
             .collect();
         Scheduler { channels, active: VecDeque::new(), next_seq: 0, quantum: quantum.max(1), small }
     }
@@ -73,6 +75,7 @@ impl Scheduler {
         if c.queue.is_empty() {
             self.active.push_back(idx);
         }
+        c.bytes += payload.len();
         c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq });
     }
 
@@ -81,21 +84,45 @@ impl Scheduler {
         self.active.is_empty()
     }
 
+    /// True if channel index `idx` has a message that may be written now:
+    /// one already started, or one `startable(idx, payload_len)` allows
+    /// (flow control decides).
+    fn is_ready(&self, idx: usize, startable: &mut impl FnMut(usize, usize) -> bool) -> bool {
+        self.channels[idx].queue.front().is_some_and(|m| m.offset > 0 || startable(idx, m.payload.len()))
+    }
+
+    /// True if some channel may write now.
+    pub(crate) fn has_ready(&self, mut startable: impl FnMut(usize, usize) -> bool) -> bool {
+        self.active.iter().any(|&i| self.is_ready(i, &mut startable))
+    }
+
     /// Chooses the channel to write from next and how many of its bytes may
-    /// be written now. Channels whose next message is small go first (with
-    /// an unlimited allowance, `usize::MAX`, which marks the priority lane);
-    /// the others share the link by deficit round robin.
-    pub(crate) fn next(&mut self) -> Option<(usize, usize)> {
-        let small = self.small;
-        if let Some(&idx) = self
-            .active
-            .iter()
-            .find(|&&i| self.channels[i].queue.front().is_some_and(|m| m.remaining() <= small))
-        {
-            return Some((idx, usize::MAX));
+    /// be written now, among the channels that may write
+    /// (`startable(idx, payload_len)` says whether a message may begin).
+    /// Channels whose next message is small go first (with an unlimited
+    /// allowance, `usize::MAX`, which marks the priority lane); the others
+    /// share the link by deficit round robin.
+    pub(crate) fn next(&mut self, mut startable: impl FnMut(usize, usize) -> bool) -> Option<(usize, usize)> {
+        let mut first_ready = None;
+        let mut ready = 0usize;
+        for (pos, &i) in self.active.iter().enumerate() {
+            if !self.is_ready(i, &mut startable) {
+                continue;
+            }
+            if self.channels[i].queue.front().is_some_and(|m| m.remaining() <= self.small) {
+                return Some((i, usize::MAX));
+            }
+            ready += 1;
+            first_ready.get_or_insert(pos);
         }
-        let &idx = self.active.front()?;
-        if self.active.len() == 1 {
+        let pos = first_ready?;
+        if pos != 0 {
+            // Channels waiting for credit keep their place behind it.
+            let idx = self.active.remove(pos)?;
+            self.active.push_front(idx);
+        }
+        let idx = self.active[0];
+        if ready == 1 {
             // Alone on the link: no turns to take (and no needless chunk
             // boundaries). `MAX - 1` is not the priority lane's mark.
             return Some((idx, usize::MAX - 1));
@@ -116,6 +143,7 @@ impl Scheduler {
     pub(crate) fn advance(&mut self, idx: usize, written: usize) {
         let c = &mut self.channels[idx];
         c.deficit = c.deficit.saturating_sub(written);
+        c.bytes -= written;
         let Some(head) = c.queue.front_mut() else { return };
         head.offset += written;
         if head.offset >= head.payload.len() {
@@ -131,8 +159,8 @@ impl Scheduler {
 
     /// Messages and payload bytes still queued on channel index `idx`.
     pub(crate) fn depth(&self, idx: usize) -> (usize, usize) {
-        let q = &self.channels[idx].queue;
-        (q.len(), q.iter().map(Outgoing::remaining).sum())
+        let c = &self.channels[idx];
+        (c.queue.len(), c.bytes)
     }
 
     /// Removes every queued message, in the order they were accepted.
@@ -141,6 +169,7 @@ impl Scheduler {
         all.sort_by_key(|m| m.seq);
         for c in &mut self.channels {
             c.deficit = 0;
+            c.bytes = 0;
         }
         self.active.clear();
         all
@@ -154,7 +183,7 @@ mod tests {
 
     fn drain(s: &mut Scheduler, chunk: usize) -> Vec<(u32, usize)> {
         let mut out = Vec::new();
-        while let Some((idx, allowance)) = s.next() {
+        while let Some((idx, allowance)) = s.next(|_, _| true) {
             let head = s.head_mut(idx).expect("active channels have a head");
             let take = head.remaining().min(chunk).min(allowance);
             out.push((head.channel, take));
@@ -196,12 +225,32 @@ mod tests {
     }
 
     fn drain_one(s: &mut Scheduler, chunk: usize) -> (u32, usize) {
-        let (idx, allowance) = s.next().expect("queued");
+        let (idx, allowance) = s.next(|_, _| true).expect("queued");
         let head = s.head_mut(idx).expect("head");
         let take = head.remaining().min(chunk).min(allowance);
         let ch = head.channel;
         s.advance(idx, take);
         (ch, take)
+    }
+
+    #[test]
+    fn a_channel_without_credit_is_passed_over_and_keeps_its_queue() {
+        let mut s = Scheduler::new([1, 1], 1000, 0);
+        s.push(0, 1, ProtocolId(0), 0, Bytes::from(vec![0; 3000]));
+        s.push(1, 2, ProtocolId(1), 0, Bytes::from(vec![1; 3000]));
+        let blocked = |idx: usize, _len: usize| idx != 0;
+        assert!(s.has_ready(blocked));
+        let (idx, allowance) = s.next(blocked).expect("channel 2 may write");
+        assert_eq!((idx, allowance), (1, usize::MAX - 1), "alone among the ready channels");
+        s.advance(1, 3000);
+        assert!(!s.has_ready(blocked), "only the blocked channel is left");
+        assert_eq!(s.next(blocked), None);
+        assert_eq!(s.depth(0), (1, 3000));
+        // A started message continues whatever the credit.
+        assert_eq!(s.next(|_, _| true), Some((0, usize::MAX - 1)));
+        s.advance(0, 1000);
+        assert!(s.has_ready(|_, _| false));
+        assert_eq!(s.depth(0), (1, 2000));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::control::{Control, MAX_CONTROL_PAYLOAD};
 use crate::crypto::cipher::TAG_LEN;
 use crate::crypto::{CipherState, CryptoError};
 use crate::event::{Event, UnsentMessage};
+use crate::flow::{self, ReceiveWindow, SendCredit};
 use crate::identity::NodeId;
 use crate::metrics::{PeerMetrics, ProtocolMetrics};
 use crate::protocol::{ProtocolId, SharedProtocol};
@@ -26,6 +27,15 @@ struct Partial {
     msg_type: u32,
     total: usize,
     buf: BytesMut,
+}
+
+/// What the peer's hello says about sending to it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerLimits {
+    /// Largest message the peer accepts.
+    pub(crate) max_message: u64,
+    /// Credit the peer grants each channel; `None`: no flow control.
+    pub(crate) receive_window: Option<u64>,
 }
 
 /// What reading a record asks of the connection.
@@ -57,7 +67,15 @@ pub(crate) struct Session {
     channel_of: Vec<u32>,
     /// Largest message the peer accepts.
     peer_max_message: u64,
+    /// Most payload bytes queued on one channel (`Config::max_queued_per_protocol`).
+    max_queued_per_protocol: usize,
     scheduler: Scheduler,
+    /// Credit the peer granted each channel (index = channel - 1).
+    send_credit: Vec<SendCredit>,
+    /// What each channel's sender may still send to us.
+    windows: Vec<ReceiveWindow>,
+    /// Some window has consumed credit to return.
+    updates_due: bool,
     /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
     control: VecDeque<Control>,
@@ -89,7 +107,7 @@ impl Session {
         peer: NodeId,
         channels: Vec<SharedProtocol>,
         local_protocols: usize,
-        peer_max_message: u64,
+        limits: PeerLimits,
         config: &Config,
         now: Instant,
     ) -> Self {
@@ -112,8 +130,12 @@ impl Session {
             peer,
             channels,
             channel_of,
-            peer_max_message,
+            peer_max_message: limits.max_message,
+            max_queued_per_protocol: config.max_queued_per_protocol,
             scheduler,
+            send_credit: alloc::vec![SendCredit::new(limits.receive_window); n],
+            windows: alloc::vec![ReceiveWindow::new(config.receive_window); n],
+            updates_due: false,
             stats,
             queued_bytes: 0,
             control: VecDeque::new(),
@@ -158,6 +180,10 @@ impl Session {
         if payload.len() as u64 > self.peer_max_message {
             return Err(crate::SendError::MessageTooLarge);
         }
+        let (_, protocol_queued) = self.scheduler.depth(channel as usize - 1);
+        if protocol_queued > 0 && protocol_queued + payload.len() > self.max_queued_per_protocol {
+            return Err(crate::SendError::QueueFull);
+        }
         self.queued_bytes += payload.len();
         self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
@@ -168,9 +194,24 @@ impl Session {
         self.control.push_back(c);
     }
 
-    /// True if records are waiting to be written.
+    /// True if records are waiting to be written: control messages,
+    /// credit to return, or data that flow control lets go.
     pub(crate) fn has_output(&self) -> bool {
-        !self.control.is_empty() || !self.scheduler.is_empty() || self.cover_pending
+        !self.control.is_empty()
+            || self.updates_due
+            || self.cover_pending
+            || (!self.scheduler.is_empty()
+                && self.scheduler.has_ready(|i, len| self.send_credit[i].can_start(flow::cost(len))))
+    }
+
+    /// The application consumed `messages` messages with `bytes` payload
+    /// bytes in all on `protocol`: their credit may go back to the peer.
+    pub(crate) fn consume(&mut self, protocol: ProtocolId, messages: u64, bytes: u64) {
+        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
+        if let Some(w) = (channel as usize).checked_sub(1).and_then(|i| self.windows.get_mut(i)) {
+            let cost = bytes.saturating_add(messages.saturating_mul(flow::MESSAGE_OVERHEAD));
+            self.updates_due |= w.consume(cost);
+        }
     }
 
     /// Removes every queued application message (for closing), partly
@@ -189,6 +230,7 @@ impl Session {
 
     /// Drops application data, keeping only queued control messages.
     pub(crate) fn clear_control_except_disconnect(&mut self) {
+        self.updates_due = false;
         self.control.retain(|c| matches!(c, Control::Disconnect(_)));
     }
 
@@ -248,11 +290,18 @@ impl Session {
                 }
                 self.control.pop_front();
             }
+            // Then credit going back to the peer.
+            if self.updates_due {
+                self.write_updates(buf, limit);
+            }
             // Then application data, as many chunks as fit, in the order
             // the scheduler chooses. A record carrying a priority message
             // is not filled up with bulk data: it is sent at once, small.
             let mut urgent = false;
-            while let Some((idx, allowance)) = self.scheduler.next() {
+            let credit = &mut self.send_credit;
+            while let Some((idx, allowance)) =
+                self.scheduler.next(|i, len| credit[i].can_start(flow::cost(len)))
+            {
                 let priority = allowance == usize::MAX;
                 if urgent && !priority {
                     break;
@@ -272,6 +321,9 @@ impl Session {
                 }
                 let take = remaining.min(space - worst).min(allowance);
                 let last = take == remaining;
+                if st.is_some() {
+                    credit[idx].charge(flow::cost(m.payload.len()));
+                }
                 let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
                 let at = buf.len();
                 buf.resize(at + hl, 0);
@@ -318,6 +370,21 @@ impl Session {
         Ok(dequeued)
     }
 
+    /// Writes the due `WINDOW_UPDATE` chunks that fit before `limit`.
+    fn write_updates(&mut self, buf: &mut Vec<u8>, limit: usize) {
+        /// Longest update chunk: tag, body length, two 10-byte varints.
+        const MAX_UPDATE: usize = 22;
+        for (i, w) in self.windows.iter_mut().enumerate() {
+            if buf.len() + MAX_UPDATE > limit {
+                return; // the rest goes in the next record
+            }
+            if let Some(inc) = w.take_update() {
+                flow::write_update(buf, i as u64 + 1, inc);
+            }
+        }
+        self.updates_due = false;
+    }
+
     /// Decrypts one record body in place; returns the plaintext length
     /// (the plaintext is `body[..len]`).
     pub(crate) fn open_record(&mut self, body: &mut [u8]) -> Result<usize, DisconnectReason> {
@@ -346,8 +413,21 @@ impl Session {
         let mut outcome = RecordOutcome::Continue;
         let mut rekeys = 0u32;
         while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
-            let Chunk::Data { channel, start, last, data } = c else {
-                continue; // padding ends the loop by consuming the rest; extensions are skipped
+            let (channel, start, last, data) = match c {
+                Chunk::Data { channel, start, last, data } => (channel, start, last, data),
+                Chunk::Extension { tag: flow::TAG_WINDOW_UPDATE, body } => {
+                    let (channel, inc) =
+                        flow::decode_update(body).ok_or(DisconnectReason::ProtocolViolation)?;
+                    let credit = usize::try_from(channel)
+                        .ok()
+                        .and_then(|c| c.checked_sub(1))
+                        .and_then(|i| self.send_credit.get_mut(i))
+                        .ok_or(DisconnectReason::UnknownMessageType)?;
+                    credit.grant(inc).map_err(|_| DisconnectReason::FlowControlViolation)?;
+                    continue;
+                }
+                // Padding ends the loop by consuming the rest; unknown extensions are skipped.
+                Chunk::Padding | Chunk::Extension { .. } => continue,
             };
             if channel == 0 {
                 let st = start.ok_or(DisconnectReason::ProtocolViolation)?;
@@ -418,6 +498,9 @@ impl Session {
                     return Err(DisconnectReason::MessageTooLarge);
                 }
                 let total = st.total_len as usize;
+                self.windows[idx]
+                    .admit(flow::cost(total))
+                    .map_err(|_| DisconnectReason::FlowControlViolation)?;
                 let msg_type = st.msg_type as u32;
                 if last {
                     if data.len() != total {
@@ -514,7 +597,13 @@ impl Session {
             .enumerate()
             .map(|(i, st)| {
                 let (queued_messages, queued_bytes) = self.scheduler.depth(i);
-                ProtocolMetrics { queued_messages, queued_bytes, ..*st }
+                ProtocolMetrics {
+                    queued_messages,
+                    queued_bytes,
+                    send_credit: self.send_credit[i].available(),
+                    unconsumed: self.windows[i].unconsumed(),
+                    ..*st
+                }
             })
             .collect();
         PeerMetrics { peer: self.peer, rtt: self.rtt, protocols }
@@ -534,6 +623,11 @@ mod tests {
 
     /// A receiving session and the cipher that seals records for it.
     fn receiver(config: &Config) -> (Session, CipherState) {
+        receiver_granted(config, None)
+    }
+
+    /// The same, with the peer granting `peer_window` credit per channel.
+    fn receiver_granted(config: &Config, peer_window: Option<u64>) -> (Session, CipherState) {
         let channels = vec![
             SharedProtocol { id: ProtocolId(0), channel: 1, message_count: 4 },
             SharedProtocol { id: ProtocolId(1), channel: 2, message_count: 4 },
@@ -543,7 +637,7 @@ mod tests {
             NodeId([9; 32]),
             channels,
             2,
-            u64::MAX,
+            PeerLimits { max_message: u64::MAX, receive_window: peer_window },
             config,
             Instant::ZERO,
         );
@@ -641,6 +735,69 @@ mod tests {
             let (mut s, mut c) = receiver(&config);
             assert_eq!(feed(&mut s, &mut c, &plain, &config), Err(want), "{plain:02x?}");
         }
+    }
+
+    #[test]
+    fn flow_control_violations_close_with_a_reason() {
+        let config = Config { receive_window: 100, ..Config::default() };
+        // Within credit, then beyond it.
+        let (mut s, mut c) = receiver(&config);
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((0, 60)), true, &[1; 60]);
+        assert_eq!(feed(&mut s, &mut c, &r, &config).map(|e| e.len()), Ok(1));
+        assert_eq!(feed(&mut s, &mut c, &r, &config), Err(DisconnectReason::FlowControlViolation));
+        // A larger-than-window message is fine alone, not after another.
+        let (mut s, mut c) = receiver(&config);
+        let mut r = Vec::new();
+        chunk(&mut r, 2, Some((0, 500)), true, &[2; 500]);
+        assert_eq!(feed(&mut s, &mut c, &r, &config).map(|e| e.len()), Ok(1));
+        let mut r = Vec::new();
+        chunk(&mut r, 2, Some((0, 0)), true, b"");
+        assert_eq!(feed(&mut s, &mut c, &r, &config), Err(DisconnectReason::FlowControlViolation));
+        // Consuming it returns the credit in a WINDOW_UPDATE.
+        s.consume(ProtocolId(1), 1, 500);
+        assert!(s.has_output());
+        let mut out = Vec::new();
+        s.write_records(&mut out, 1, &config, Instant::ZERO).unwrap();
+        let mut tx = CipherState::new([1; 32]);
+        let body = &mut out[2..];
+        let n = body.len() - TAG_LEN;
+        let (ct, tag) = body.split_at_mut(n);
+        tx.open_in_place(&[], ct, &<[u8; TAG_LEN]>::try_from(&tag[..]).unwrap()).unwrap();
+        assert_eq!(&ct[..], &[flow::TAG_WINDOW_UPDATE, 3, 2, 0x42, 0x04][..], "channel 2, 516");
+        assert_eq!(feed(&mut s, &mut c, &r, &config).map(|e| e.len()), Ok(1));
+        // Malformed or impossible updates.
+        for (update, want) in [
+            (vec![0x30, 2, 0, 1], DisconnectReason::UnknownMessageType),
+            (vec![0x30, 2, 3, 1], DisconnectReason::UnknownMessageType),
+            (vec![0x30, 1, 1], DisconnectReason::ProtocolViolation),
+            (vec![0x30, 3, 1, 1, 1], DisconnectReason::ProtocolViolation),
+            (
+                vec![0x30, 9, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                DisconnectReason::FlowControlViolation,
+            ),
+        ] {
+            let (mut s, mut c) = receiver_granted(&config, Some(100));
+            assert_eq!(feed(&mut s, &mut c, &update, &config), Err(want), "{update:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_sender_waits_for_credit() {
+        let config = Config::default();
+        let (mut s, _) = receiver_granted(&config, Some(1000));
+        for _ in 0..3 {
+            s.queue_message(ProtocolId(0), 0, Bytes::from(vec![0; 400])).unwrap();
+        }
+        let mut out = Vec::new();
+        s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
+        assert_eq!(s.scheduler.depth(0), (1, 400), "two fit in 1000 bytes of credit");
+        assert!(!s.has_output(), "nothing to write until credit comes back");
+        assert_eq!(s.send_credit[0].available(), 1000 - 2 * 416);
+        s.send_credit[0].grant(416).unwrap();
+        assert!(s.has_output());
+        s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
+        assert_eq!(s.scheduler.depth(0), (0, 0));
     }
 
     #[test]

@@ -16,6 +16,61 @@ use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;
 use crate::time::Instant;
 
+/// Messages the application has taken, per peer and protocol, whose
+/// flow-control credit is still to be returned to the node (a runtime with
+/// [`Config::manual_consume`](crate::Config::manual_consume) collects them
+/// where the application reads, and applies them in its driver).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    taken: BTreeMap<(NodeId, ProtocolId), (u64, u64)>,
+    bytes: u64,
+}
+
+impl Consumed {
+    /// Notes that the application took a message of `len` payload bytes.
+    pub fn add(&mut self, peer: NodeId, protocol: ProtocolId, len: usize) {
+        let e = self.taken.entry((peer, protocol)).or_default();
+        e.0 += 1;
+        e.1 += len as u64;
+        self.bytes += len as u64 + crate::MESSAGE_OVERHEAD;
+    }
+
+    /// Notes the message an event carries, if it carries one.
+    pub fn add_event(&mut self, ev: &Event) {
+        if let Event::Message { peer, protocol, payload, .. } = ev {
+            self.add(*peer, *protocol, payload.len());
+        }
+    }
+
+    /// The flow-control cost noted and not yet applied.
+    pub fn pending(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True if nothing is noted.
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+
+    /// Moves everything noted in `other` into `self`.
+    pub fn merge(&mut self, other: &mut Consumed) {
+        for (k, (n, b)) in core::mem::take(&mut other.taken) {
+            let e = self.taken.entry(k).or_default();
+            e.0 += n;
+            e.1 += b;
+        }
+        self.bytes += core::mem::take(&mut other.bytes);
+    }
+
+    /// Returns the credit of everything noted to `node` and forgets it.
+    pub fn apply(&mut self, node: &mut Node) {
+        for ((peer, protocol), (n, b)) in core::mem::take(&mut self.taken) {
+            node.consume(&peer, protocol, n, b);
+        }
+        self.bytes = 0;
+    }
+}
+
 /// What a runtime does with the node's outputs, for [`Waiters::drain`]:
 /// the only runtime-specific part of draining a node.
 pub trait Outputs<D, S> {
@@ -83,7 +138,8 @@ impl<D, S> Waiters<D, S> {
     }
 
     /// Sends a message, or keeps it (behind earlier waiting sends to the
-    /// same peer, preserving order) while the peer's queue is full.
+    /// same peer and protocol, preserving their order) while the queue is
+    /// full. Other protocols are not held up by it.
     /// Returns the reply to resolve now, if any.
     pub fn send(
         &mut self,
@@ -94,7 +150,7 @@ impl<D, S> Waiters<D, S> {
         payload: Bytes,
         reply: S,
     ) -> Option<(S, Result<(), SendError>)> {
-        if !self.sends.iter().any(|p| p.peer == peer) {
+        if !self.sends.iter().any(|p| p.peer == peer && p.protocol == protocol) {
             match node.send(&peer, protocol, msg_type, payload.clone()) {
                 Err(SendError::QueueFull) => {}
                 r => return Some((reply, r)),
@@ -155,16 +211,16 @@ impl<D, S> Waiters<D, S> {
     /// Retries waiting sends after the node drained some queue, resolving
     /// each one that is accepted or refused.
     pub fn retry_sends(&mut self, node: &mut Node, mut done: impl FnMut(S, Result<(), SendError>)) {
-        let mut blocked: Vec<NodeId> = Vec::new();
+        let mut blocked: Vec<(NodeId, ProtocolId)> = Vec::new();
         let mut keep = VecDeque::new();
         while let Some(p) = self.sends.pop_front() {
-            if blocked.contains(&p.peer) {
+            if blocked.contains(&(p.peer, p.protocol)) {
                 keep.push_back(p);
                 continue;
             }
             match node.send(&p.peer, p.protocol, p.msg_type, p.payload.clone()) {
                 Err(SendError::QueueFull) => {
-                    blocked.push(p.peer);
+                    blocked.push((p.peer, p.protocol));
                     keep.push_back(p);
                 }
                 r => done(p.reply, r),

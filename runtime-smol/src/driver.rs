@@ -5,13 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, Outputs, PeerAddr, PeerMetrics,
-    ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message, NodeId,
+    Outputs, PeerAddr, PeerMetrics, ProtocolId, SendError, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{Task, Timer};
+use std::sync::Arc;
 
 use crate::handle::DialError;
 
@@ -23,14 +24,44 @@ type SendReply = Sender<Result<(), SendError>>;
 
 /// A command from a [`Node`](crate::Node) handle.
 pub(crate) enum Command {
-    Dial { addr: PeerAddr, reply: DialReply },
-    Send { peer: NodeId, protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: SendReply },
-    Disconnect { peer: NodeId },
-    Metrics { reply: Sender<Vec<PeerMetrics>> },
-    Broadcast { protocol: ProtocolId, msg_type: u32, payload: Bytes, reply: Sender<Broadcast> },
-    Peers { reply: Sender<Vec<NodeId>> },
-    Rtt { peer: NodeId, reply: Sender<Option<Duration>> },
-    Shutdown { reply: Sender<()> },
+    Dial {
+        addr: PeerAddr,
+        reply: DialReply,
+    },
+    Send {
+        peer: NodeId,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+        reply: SendReply,
+    },
+    Disconnect {
+        peer: NodeId,
+    },
+    Metrics {
+        reply: Sender<Vec<PeerMetrics>>,
+    },
+    Broadcast {
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+        reply: Sender<Broadcast>,
+    },
+    Peers {
+        reply: Sender<Vec<NodeId>>,
+    },
+    Rtt {
+        peer: NodeId,
+        reply: Sender<Option<Duration>>,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
+    /// Messages of `protocol` go to `tx` from now on.
+    Route {
+        protocol: ProtocolId,
+        tx: Sender<Message>,
+    },
 }
 
 /// Something that happened on a socket.
@@ -57,6 +88,8 @@ enum Wake {
     /// The first waiting event was (true) or could not be (false) handed over.
     Delivered(bool),
     Timer,
+    /// The application took messages: their credit can go back.
+    Credit,
 }
 
 pub(crate) struct Driver {
@@ -76,6 +109,13 @@ pub(crate) struct Driver {
     cmd_closed: bool,
     /// Events the application's channel had no room for yet.
     backlog: VecDeque<Event>,
+    /// Protocols whose messages have a stream of their own.
+    routes: HashMap<ProtocolId, Sender<Message>>,
+    /// Messages the application took (from `Events` or `Messages`).
+    credit: Arc<CreditShared>,
+    credit_rx: Receiver<()>,
+    /// Messages nobody will read (their stream is gone): consumed here.
+    discarded: Consumed,
 }
 
 impl Driver {
@@ -84,6 +124,8 @@ impl Driver {
         cmd_rx: Receiver<Command>,
         events: Sender<Event>,
         listeners: Vec<TcpListener>,
+        credit: Arc<CreditShared>,
+        credit_rx: Receiver<()>,
     ) -> Self {
         let (input_tx, input_rx) = channel::bounded(256);
         let listeners = listeners
@@ -123,6 +165,10 @@ impl Driver {
             stopping: false,
             cmd_closed: false,
             backlog: VecDeque::new(),
+            routes: HashMap::new(),
+            credit,
+            credit_rx,
+            discarded: Consumed::default(),
         }
     }
 
@@ -147,7 +193,8 @@ impl Driver {
             };
             // While events wait for the application, the node stops reading
             // the network but keeps serving commands and timers.
-            let (input_rx, cmd_rx, events) = (&self.input_rx, &self.cmd_rx, &self.events);
+            let (input_rx, cmd_rx, events, credit_rx) =
+                (&self.input_rx, &self.cmd_rx, &self.events, &self.credit_rx);
             let (backlog, cmd_open) = (self.backlog.front().cloned(), !self.cmd_closed);
             let wake = smol::future::or(
                 async {
@@ -156,26 +203,33 @@ impl Driver {
                 },
                 smol::future::or(
                     async {
-                        match backlog {
-                            Some(ev) => Wake::Delivered(events.send(ev).await.is_ok()),
-                            None => std::future::pending().await,
-                        }
+                        // The shared ledger holds the sender: this never ends.
+                        let _ = credit_rx.recv().await;
+                        Wake::Credit
                     },
                     smol::future::or(
                         async {
-                            if cmd_open {
-                                Wake::Command(cmd_rx.recv().await.ok())
-                            } else {
-                                std::future::pending().await
+                            match backlog {
+                                Some(ev) => Wake::Delivered(events.send(ev).await.is_ok()),
+                                None => std::future::pending().await,
                             }
                         },
-                        async {
-                            if self.backlog.is_empty() {
-                                Wake::Input(input_rx.recv().await.ok())
-                            } else {
-                                std::future::pending().await
-                            }
-                        },
+                        smol::future::or(
+                            async {
+                                if cmd_open {
+                                    Wake::Command(cmd_rx.recv().await.ok())
+                                } else {
+                                    std::future::pending().await
+                                }
+                            },
+                            async {
+                                if self.backlog.is_empty() {
+                                    Wake::Input(input_rx.recv().await.ok())
+                                } else {
+                                    std::future::pending().await
+                                }
+                            },
+                        ),
                     ),
                 ),
             )
@@ -196,8 +250,9 @@ impl Driver {
                     self.backlog.pop_front();
                     self.offer_events();
                 }
-                // Nobody listens any more.
-                Wake::Delivered(false) => self.backlog.clear(),
+                // Nobody listens any more: what the events carry is discarded.
+                Wake::Delivered(false) => self.discard_backlog(),
+                Wake::Credit => self.credit.take().apply(&mut self.core),
                 Wake::Command(Some(c)) => self.handle_command(c),
                 Wake::Command(None) => {
                     self.cmd_closed = true;
@@ -241,12 +296,19 @@ impl Driver {
                     self.backlog.push_front(ev);
                     return;
                 }
-                Err(channel::TrySendError::Closed(_)) => {
-                    self.backlog.clear();
+                Err(channel::TrySendError::Closed(ev)) => {
+                    self.backlog.push_front(ev);
+                    self.discard_backlog();
                     return;
                 }
             }
         }
+    }
+
+    /// Nobody reads events any more: their messages count as consumed.
+    fn discard_backlog(&mut self) {
+        self.backlog.drain(..).for_each(|ev| self.discarded.add_event(&ev));
+        self.discarded.apply(&mut self.core);
     }
 
     fn begin_shutdown(&mut self) {
@@ -304,6 +366,9 @@ impl Driver {
             Command::Shutdown { reply } => {
                 self.shutdown.push(reply);
                 self.begin_shutdown();
+            }
+            Command::Route { protocol, tx } => {
+                self.routes.insert(protocol, tx);
             }
         }
     }
@@ -386,8 +451,17 @@ impl Driver {
     /// application the events it has room for.
     fn flush(&mut self) {
         let now = self.now();
-        let mut out = Sink { conns: &mut self.conns, spare: &mut self.spare, backlog: &mut self.backlog };
+        let mut out = Sink {
+            conns: &mut self.conns,
+            spare: &mut self.spare,
+            backlog: &mut self.backlog,
+            routes: &mut self.routes,
+            discarded: &mut self.discarded,
+        };
         self.waiters.drain(&mut self.core, now, &mut out);
+        if !self.discarded.is_empty() {
+            self.discarded.apply(&mut self.core);
+        }
         self.offer_events();
     }
 }
@@ -397,6 +471,8 @@ struct Sink<'a> {
     conns: &'a mut HashMap<ConnectionId, ConnIo>,
     spare: &'a mut Vec<Vec<u8>>,
     backlog: &'a mut VecDeque<Event>,
+    routes: &'a mut HashMap<ProtocolId, Sender<Message>>,
+    discarded: &'a mut Consumed,
 }
 
 impl Outputs<DialReply, SendReply> for Sink<'_> {
@@ -435,8 +511,22 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
     }
 
     fn event(&mut self, ev: Event) {
-        if let Event::HandshakeDowngraded { peer, from, to, .. } = &ev {
-            tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+        match ev {
+            Event::HandshakeDowngraded { peer, from, to, .. } => {
+                tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+            }
+            Event::Message { peer, protocol, msg_type, payload } if self.routes.contains_key(&protocol) => {
+                let m = Message { peer, protocol, msg_type, payload };
+                // Unbounded: flow control bounds what a stream holds.
+                if let Some(Err(e)) = self.routes.get(&protocol).map(|tx| tx.try_send(m)) {
+                    // The stream was dropped: later messages go to `Events`.
+                    let m = e.into_inner();
+                    self.discarded.add(m.peer, m.protocol, m.payload.len());
+                    self.routes.remove(&protocol);
+                }
+                return;
+            }
+            _ => {}
         }
         self.backlog.push_back(ev);
     }

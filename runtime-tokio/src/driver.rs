@@ -3,11 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, DisconnectReason, Event, NodeId, Outputs, PeerAddr, PeerMetrics,
-    ProtocolId, SendError, Waiters,
+    Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message, NodeId,
+    Outputs, PeerAddr, PeerMetrics, ProtocolId, SendError, Waiters,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,6 +55,11 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Messages of `protocol` go to `tx` from now on.
+    Route {
+        protocol: ProtocolId,
+        tx: mpsc::UnboundedSender<Message>,
+    },
 }
 
 /// Something that happened on a socket.
@@ -94,6 +100,13 @@ pub(crate) struct Driver {
     cmd_closed: bool,
     /// Events the application's channel had no room for yet.
     backlog: VecDeque<Event>,
+    /// Protocols whose messages have a stream of their own.
+    routes: HashMap<ProtocolId, mpsc::UnboundedSender<Message>>,
+    /// Messages the application took (from `Events` or `Messages`).
+    credit: Arc<CreditShared>,
+    credit_rx: mpsc::Receiver<()>,
+    /// Messages nobody will read (their stream is gone): consumed here.
+    discarded: Consumed,
 }
 
 impl Driver {
@@ -102,6 +115,8 @@ impl Driver {
         cmd_rx: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         listeners: Vec<TcpListener>,
+        credit: Arc<CreditShared>,
+        credit_rx: mpsc::Receiver<()>,
     ) -> Self {
         let (input_tx, input_rx) = mpsc::channel(256);
         let listeners = listeners
@@ -141,6 +156,10 @@ impl Driver {
             stopping: false,
             cmd_closed: false,
             backlog: VecDeque::new(),
+            routes: HashMap::new(),
+            credit,
+            credit_rx,
+            discarded: Consumed::default(),
         }
     }
 
@@ -191,6 +210,10 @@ impl Driver {
                     // Nobody listens any more.
                     Err(_) => self.backlog.clear(),
                 },
+                // The shared ledger holds the sender: this never ends.
+                Some(()) = self.credit_rx.recv() => {
+                    self.credit.take().apply(&mut self.core);
+                }
                 cmd = self.cmd_rx.recv(), if !self.cmd_closed => match cmd {
                     Some(c) => self.handle_command(c),
                     None => {
@@ -241,8 +264,11 @@ impl Driver {
                     self.backlog.push_front(ev);
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.backlog.clear();
+                Err(mpsc::error::TrySendError::Closed(ev)) => {
+                    // Nobody reads events any more: what they carry is discarded.
+                    self.discarded.add_event(&ev);
+                    self.backlog.drain(..).for_each(|ev| self.discarded.add_event(&ev));
+                    self.discarded.apply(&mut self.core);
                     return;
                 }
             }
@@ -305,6 +331,9 @@ impl Driver {
             Command::Shutdown { reply } => {
                 self.shutdown.push(reply);
                 self.begin_shutdown();
+            }
+            Command::Route { protocol, tx } => {
+                self.routes.insert(protocol, tx);
             }
         }
     }
@@ -387,8 +416,17 @@ impl Driver {
     /// application the events it has room for.
     fn flush(&mut self) {
         let now = self.now();
-        let mut out = Sink { conns: &mut self.conns, spare: &mut self.spare, backlog: &mut self.backlog };
+        let mut out = Sink {
+            conns: &mut self.conns,
+            spare: &mut self.spare,
+            backlog: &mut self.backlog,
+            routes: &mut self.routes,
+            discarded: &mut self.discarded,
+        };
         self.waiters.drain(&mut self.core, now, &mut out);
+        if !self.discarded.is_empty() {
+            self.discarded.apply(&mut self.core);
+        }
         self.offer_events();
     }
 }
@@ -398,6 +436,8 @@ struct Sink<'a> {
     conns: &'a mut HashMap<ConnectionId, ConnIo>,
     spare: &'a mut Vec<Vec<u8>>,
     backlog: &'a mut VecDeque<Event>,
+    routes: &'a mut HashMap<ProtocolId, mpsc::UnboundedSender<Message>>,
+    discarded: &'a mut Consumed,
 }
 
 impl Outputs<DialReply, SendReply> for Sink<'_> {
@@ -446,6 +486,21 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             }
             Event::HandshakeDowngraded { peer, from, to, .. } => {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
+            }
+            Event::Message { protocol, .. } => {
+                if let Some(tx) = self.routes.get(protocol) {
+                    let Event::Message { peer, protocol, msg_type, payload } = ev else { return };
+                    let m = Message { peer, protocol, msg_type, payload };
+                    match tx.send(m) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            // The stream was dropped: later messages go to `Events`.
+                            self.discarded.add(e.0.peer, e.0.protocol, e.0.payload.len());
+                            self.routes.remove(&e.0.protocol);
+                            return;
+                        }
+                    }
+                }
             }
             _ => {}
         }

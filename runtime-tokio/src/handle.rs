@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    Broadcast, Bytes, Config, ConnectError, DisconnectReason, Event, Keypair, NodeId, PeerMetrics,
-    ProtocolId, SendError,
+    Broadcast, Bytes, Config, ConnectError, CreditShared, DisconnectReason, Event, Keypair, Message, NodeId,
+    PeerMetrics, ProtocolId, SendError, Taken,
 };
 use rand_core::OsRng;
 use tokio::net::TcpListener;
@@ -28,7 +28,8 @@ pub struct NodeConfig {
     /// Addresses to listen on (IPv4 and/or IPv6); none for a dial-only node.
     pub listen: Vec<SocketAddr>,
     /// Events buffered for the application before the node stops reading
-    /// from the network (default 1024).
+    /// from the network (default 1024). Messages of a protocol with its own
+    /// [`Messages`] stream are not counted: flow control bounds those.
     pub event_capacity: usize,
 }
 
@@ -106,21 +107,73 @@ impl From<NodeError> for io::Error {
 }
 
 /// The application's events. Consume them promptly: when `event_capacity`
-/// events are waiting, the node stops reading from the network.
+/// events are waiting, the node stops reading from the network. A message
+/// counts as consumed, and its flow-control credit goes back to the sender,
+/// when `next` returns it.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    taken: Taken,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        let ev = match self.rx.try_recv() {
+            Ok(ev) => ev,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // About to wait: return the credit of what was taken.
+                self.taken.flush();
+                self.rx.recv().await?
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        };
+        self.taken.event(&ev);
+        Some(ev)
+    }
+}
+
+/// The messages of one protocol, from every peer, in a stream of their own
+/// (see [`Node::messages`]). Reading is what returns flow-control credit:
+/// while the application does not read, the peers stop sending this
+/// protocol, once each has used the window it was granted, and nothing else
+/// is held up. Dropping the stream discards what it holds; later messages
+/// go to [`Events`].
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::UnboundedReceiver<Message>,
+    taken: Taken,
+}
+
+impl Messages {
+    /// The next message, or `None` once the node has stopped.
+    pub async fn next(&mut self) -> Option<Message> {
+        let m = match self.rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                self.taken.flush();
+                self.rx.recv().await?
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        };
+        self.taken.message(&m);
+        Some(m)
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        // What is left is discarded, which consumes it.
+        self.rx.close();
+        while let Ok(m) = self.rx.try_recv() {
+            self.taken.message(&m);
+        }
     }
 }
 
 struct Inner {
     cmd: mpsc::Sender<Command>,
+    credit: Arc<CreditShared>,
     id: NodeId,
     listen_addrs: Vec<SocketAddr>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -151,15 +204,23 @@ impl Node {
             listen_addrs.push(l.local_addr()?);
             listeners.push(l);
         }
-        let core =
-            devp2p_core::Node::new(config.core.clone(), keypair, Box::new(OsRng), devp2p_core::Instant::ZERO)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // Credit goes back when the application takes a message from us.
+        let mut core_config = config.core.clone();
+        core_config.manual_consume = true;
+        let core = devp2p_core::Node::new(core_config, keypair, Box::new(OsRng), devp2p_core::Instant::ZERO)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
-        let driver = Driver::new(core, cmd_rx, ev_tx, listeners);
+        let (wake, credit_rx) = mpsc::channel(1);
+        // A full channel means a wake is already pending.
+        let credit = CreditShared::new(move || {
+            let _ = wake.try_send(());
+        });
+        let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = tokio::spawn(driver.run());
-        let inner = Inner { cmd: cmd_tx, id, listen_addrs, task: Mutex::new(Some(task)) };
-        Ok((Node { inner: Arc::new(inner) }, Events { rx: ev_rx }))
+        let events = Events { rx: ev_rx, taken: Taken::new(credit.clone()) };
+        let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
+        Ok((Node { inner: Arc::new(inner) }, events))
     }
 
     /// This node's ID.
@@ -214,6 +275,17 @@ impl Node {
         self.request(|reply| Command::Broadcast { protocol, msg_type, payload, reply })
             .await
             .unwrap_or_default()
+    }
+
+    /// A stream of its own for the messages of `protocol`, from every peer,
+    /// so that a slow consumer of one protocol holds up no other (the
+    /// others keep flowing through [`Events`] or their own streams). Take it
+    /// before connecting: messages that arrived earlier went to `Events`.
+    /// A second call replaces the first stream.
+    pub async fn messages(&self, protocol: ProtocolId) -> Messages {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.inner.cmd.send(Command::Route { protocol, tx }).await;
+        Messages { rx, taken: Taken::new(self.inner.credit.clone()) }
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.

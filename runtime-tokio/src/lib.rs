@@ -36,7 +36,7 @@ pub mod demo;
 
 pub use devp2p_core::{
     Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
-    NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
+    Message, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
     UnsentMessage,
 };
-pub use handle::{DialError, Events, Node, NodeConfig, NodeError};
+pub use handle::{DialError, Events, Messages, Node, NodeConfig, NodeError};

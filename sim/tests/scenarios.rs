@@ -283,6 +283,7 @@ fn small_message_latency(with_bulk: bool, record: usize) -> (Duration, Duration)
     cfg.node.max_message_size = 16 << 20;
     cfg.node.max_reassembly_per_peer = 32 << 20;
     cfg.node.max_queued_per_peer = 64 << 20;
+    cfg.node.max_queued_per_protocol = 64 << 20;
     cfg.record_events = false;
     cfg.check_every_step = false;
     let mut sim = Sim::new(cfg);

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use devp2p_core::{Bytes, Config, Event, Keypair, NodeId, PeerAddr, Protocol, ProtocolId};
+use devp2p_core::{
+    Bytes, Config, Event, Keypair, Message, NodeId, PeerAddr, PeerMetrics, Protocol, ProtocolId,
+};
 
 /// The protocols every test node registers.
 pub fn protocols() -> Vec<Protocol> {
@@ -44,6 +46,44 @@ impl AnyEvents {
         match self {
             AnyEvents::Tokio(e) => e.next().await,
             AnyEvents::Smol(e) => e.next().await,
+        }
+    }
+}
+
+/// The message stream of one protocol on either runtime.
+#[derive(Debug)]
+pub enum AnyMessages {
+    /// Of a tokio node.
+    Tokio(devp2p_tokio::Messages),
+    /// Of a smol node.
+    Smol(devp2p_smol::Messages),
+}
+
+impl AnyMessages {
+    /// The next message.
+    pub async fn next(&mut self) -> Option<Message> {
+        match self {
+            AnyMessages::Tokio(m) => m.next().await,
+            AnyMessages::Smol(m) => m.next().await,
+        }
+    }
+}
+
+/// Starts a node on `rt` listening on `listen` with the core configuration `core`.
+pub async fn spawn_with_config(rt: Runtime, listen: &str, core: Config) -> (AnyNode, AnyEvents) {
+    let addr = listen.parse().expect("addr");
+    match rt {
+        Runtime::Tokio => {
+            let (n, e) = devp2p_tokio::Node::spawn(devp2p_tokio::NodeConfig::new(core).listen(addr))
+                .await
+                .expect("spawn");
+            (AnyNode::Tokio(n), AnyEvents::Tokio(e))
+        }
+        Runtime::Smol => {
+            let (n, e) = devp2p_smol::Node::spawn(devp2p_smol::NodeConfig::new(core).listen(addr))
+                .await
+                .expect("spawn");
+            (AnyNode::Smol(n), AnyEvents::Smol(e))
         }
     }
 }
@@ -110,6 +150,22 @@ impl AnyNode {
         match self {
             AnyNode::Tokio(n) => n.send(peer, p, t, payload).await.map_err(|e| e.to_string()),
             AnyNode::Smol(n) => n.send(peer, p, t, payload).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A stream of its own for `protocol`'s messages.
+    pub async fn messages(&self, protocol: ProtocolId) -> AnyMessages {
+        match self {
+            AnyNode::Tokio(n) => AnyMessages::Tokio(n.messages(protocol).await),
+            AnyNode::Smol(n) => AnyMessages::Smol(n.messages(protocol).await),
+        }
+    }
+
+    /// Per-peer, per-protocol counters.
+    pub async fn metrics(&self) -> Vec<PeerMetrics> {
+        match self {
+            AnyNode::Tokio(n) => n.metrics().await,
+            AnyNode::Smol(n) => n.metrics().await,
         }
     }
 

@@ -2,10 +2,16 @@
 //! mixed protocols and sizes both ways (content and order checked), every
 //! handshake path and both downgrades, malformed input and shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use devp2p_core::{Bytes, DisconnectReason, Event, HandshakePath, Keypair, NodeId, PeerAddr, ProtocolId};
-use devp2p_integration::{expect_event, spawn_on, spawn_with_capacity, AnyEvents, Runtime};
+use devp2p_core::{
+    Bytes, Config, DisconnectReason, Event, HandshakePath, Keypair, NodeId, PeerAddr, ProtocolId,
+};
+use devp2p_integration::{
+    expect_event, spawn_on, spawn_with_capacity, spawn_with_config, AnyEvents, Runtime,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use Runtime::{Smol, Tokio};
@@ -329,4 +335,85 @@ async fn broadcast_reaches_peers_on_both_runtimes() {
     for n in [hub, t, s] {
         n.shutdown().await;
     }
+}
+
+/// One protocol's consumer stops reading for a long time; another protocol
+/// keeps flowing at full speed, and what is held for the stalled one stays
+/// within its flow-control window on the receiver and its queue cap on the
+/// sender. Then the consumer resumes and gets everything, in order.
+async fn a_stalled_protocol_holds_up_no_other(ra: Runtime, rb: Runtime) {
+    const CHAT: ProtocolId = ProtocolId(0);
+    const BLOCKS: ProtocolId = ProtocolId(1);
+    let window = 1 << 20;
+    let mut core = Config::with_protocols(devp2p_integration::protocols());
+    core.receive_window = window;
+    let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
+    let (b, _eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
+    let mut chat = b.messages(CHAT).await;
+    let mut blocks = b.messages(BLOCKS).await;
+    let pb = a.dial(b.peer_addr()).await.expect("dial");
+    let pa = a.node_id();
+    // CHAT: a sender that never stops (it blocks once credit and queue are used up).
+    let chat_sent = Arc::new(AtomicUsize::new(0));
+    let (a2, sent) = (a.clone(), chat_sent.clone());
+    let chat_sender = tokio::spawn(async move {
+        for i in 0u32.. {
+            if a2.send(pb, CHAT, 0, Bytes::from(vec![i as u8; 64 << 10])).await.is_err() {
+                return;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // BLOCKS: 256 MiB, read as it comes, while nobody reads CHAT.
+    let total = 256usize << 20;
+    let msg = Bytes::from(vec![9u8; 256 << 10]);
+    let a3 = a.clone();
+    let blocks_sender = tokio::spawn(async move {
+        for _ in 0..total / msg.len() {
+            a3.send(pb, BLOCKS, 1, msg.clone()).await.expect("send blocks");
+        }
+    });
+    let mut got = 0usize;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while got < total {
+            let m = blocks.next().await.expect("blocks stream");
+            assert_eq!((m.peer, m.protocol, m.payload.len()), (pa, BLOCKS, 256 << 10));
+            got += m.payload.len();
+        }
+    })
+    .await
+    .expect("BLOCKS kept flowing while CHAT was stalled");
+    blocks_sender.await.expect("blocks sender");
+    // The stalled protocol: B holds at most its window, A at most its queue cap.
+    let held: u64 =
+        b.metrics().await[0].protocols.iter().find(|p| p.protocol == CHAT).expect("chat").unconsumed;
+    assert!(held > 0 && held <= window, "B holds {held} bytes for CHAT");
+    let ma = a.metrics().await;
+    let chat_a = ma[0].protocols.iter().find(|p| p.protocol == CHAT).expect("chat");
+    assert!(chat_a.queued_bytes <= 4 << 20, "A queues {} bytes for CHAT", chat_a.queued_bytes);
+    assert!(chat_a.send_credit < (64 << 10) + 16, "A is out of CHAT credit: {}", chat_a.send_credit);
+    let stalled_at = chat_sent.load(Ordering::Relaxed);
+    assert!(stalled_at < 100, "CHAT sends were held back ({stalled_at} accepted)");
+    // The consumer resumes: everything arrives, in order, and the sender goes on.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for i in 0..stalled_at + 50 {
+            let m = chat.next().await.expect("chat stream");
+            assert_eq!(m.payload[0], i as u8, "CHAT message {i} in order");
+        }
+    })
+    .await
+    .expect("CHAT resumed");
+    chat_sender.abort();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_protocol_holds_up_no_other_tokio_smol() {
+    a_stalled_protocol_holds_up_no_other(Runtime::Tokio, Runtime::Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_protocol_holds_up_no_other_smol_tokio() {
+    a_stalled_protocol_holds_up_no_other(Runtime::Smol, Runtime::Tokio).await;
 }

@@ -308,7 +308,7 @@ fn transport_loss_hands_back_unsent_messages() {
     let b = p.id(Side::B);
     p.b_stalled = true;
     // Fill the pipe: the first poll writes, the rest stays queued.
-    for i in 0..50u8 {
+    for i in 0..40u8 {
         p.a.send(&b, BLOCKS, 0, Bytes::from(vec![i; 100_000])).unwrap();
     }
     p.drive();
@@ -781,4 +781,89 @@ fn cover_traffic_keeps_an_idle_link_busy_with_padded_records() {
     assert!((9..=11).contains(&records), "{records} cover records in 1 s");
     assert!(messages(&p.take_events(Side::B)).is_empty());
     assert!(p.b.is_connected(&p.id(Side::A)));
+}
+
+#[test]
+fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
+    let window = 256 << 10;
+    let mut cb = Config::with_protocols(protocols());
+    cb.manual_consume = true;
+    cb.receive_window = window;
+    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
+    p.connect(None);
+    p.drive();
+    p.take_events(Side::A);
+    p.take_events(Side::B);
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    let msg = Bytes::from(vec![7u8; 16 << 10]);
+    let (mut chat_refused, mut chat_held, mut blocks_bytes) = (0usize, Vec::new(), 0usize);
+    // B's application handles BLOCKS at once and never gets to CHAT.
+    for round in 0..400 {
+        for _ in 0..4 {
+            match p.a.send(&b, CHAT, 0, msg.clone()) {
+                Ok(()) => {}
+                Err(SendError::QueueFull) => chat_refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for _ in 0..8 {
+            if p.a.send(&b, BLOCKS, 0, msg.clone()).is_err() {
+                break;
+            }
+        }
+        p.drive();
+        for ev in p.take_events(Side::B) {
+            if let Event::Message { protocol, payload, .. } = ev {
+                if protocol == CHAT {
+                    chat_held.push(payload);
+                } else {
+                    blocks_bytes += payload.len();
+                    p.b.consume(&a, protocol, 1, payload.len() as u64);
+                }
+            }
+        }
+        // What B holds for CHAT never exceeds the window it granted.
+        let held: u64 = chat_held.iter().map(|m| m.len() as u64 + crate::MESSAGE_OVERHEAD).sum();
+        assert!(held <= window, "B holds {held} bytes of CHAT");
+        let mb = p.b.peer_metrics(&a).expect("connected");
+        assert_eq!(mb.protocols.iter().find(|m| m.protocol == CHAT).map(|m| m.unconsumed), Some(held));
+        // A's queue for CHAT is capped; BLOCKS still has room.
+        let ma = p.a.peer_metrics(&b).expect("connected");
+        let chat = ma.protocols.iter().find(|m| m.protocol == CHAT).expect("chat");
+        assert!(chat.queued_bytes <= p.a.config().max_queued_per_protocol);
+        if round >= 8 {
+            assert!(chat.send_credit < msg.len() as i64 + 16, "A is out of CHAT credit");
+        }
+        assert!(p.a.buffered_bytes() <= p.a.config().max_queued_per_peer + (1 << 20));
+    }
+    assert!(chat_refused > 0, "send surfaced backpressure on CHAT");
+    assert!(blocks_bytes >= 400 * 8 * (16 << 10), "BLOCKS kept flowing: {blocks_bytes}");
+    assert_eq!(
+        chat_held.len() * (16 << 10) + chat_held.len() * 16,
+        window as usize / (16 * 1024 + 16) * (16 * 1024 + 16)
+    );
+    // Once B's application catches up, CHAT flows again.
+    let n = chat_held.len() as u64;
+    p.b.consume(&a, CHAT, n, n * (16 << 10));
+    p.drive();
+    let more = messages(&p.take_events(Side::B)).iter().filter(|m| m.0 == CHAT).count();
+    assert!(more > 0, "CHAT resumed");
+}
+
+#[test]
+fn credit_is_returned_when_events_are_polled_by_default() {
+    let mut c = Config::with_protocols(protocols());
+    c.receive_window = 4096;
+    let mut p = Pair::with_configs(c.clone(), c);
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    // 100 messages of 1000 bytes need the 4 KiB window many times over.
+    for i in 0..100u32 {
+        p.a.send(&b, BLOCKS, i % 16, Bytes::from(vec![i as u8; 1000])).unwrap();
+    }
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    assert_eq!(got.len(), 100);
+    assert!(got.iter().enumerate().all(|(i, m)| m.1 == i as u32 % 16 && m.2[0] == i as u8));
 }

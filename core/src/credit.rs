@@ -1,0 +1,134 @@
+//! Returning flow-control credit from a runtime (feature `std`): the
+//! messages the application takes are noted where it reads, on its own
+//! task, and handed in batches to the driver task, which returns their
+//! credit to the node with [`Consumed::apply`]. Used with
+//! [`Config::manual_consume`](crate::Config::manual_consume).
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use std::sync::Mutex;
+
+use crate::event::{Event, Message};
+use crate::waiters::Consumed;
+
+/// Notes are handed over at this flow-control cost, or before the reader waits.
+const FLUSH_AT: u64 = 64 << 10;
+
+/// What the readers took, waiting for the driver.
+pub struct CreditShared {
+    taken: Mutex<Consumed>,
+    /// Wakes the driver; called when the first notes arrive after a take.
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl core::fmt::Debug for CreditShared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CreditShared").finish_non_exhaustive()
+    }
+}
+
+impl CreditShared {
+    /// A shared ledger; `wake` tells the driver to call [`take`](Self::take)
+    /// (a `try_send` on a channel of capacity one, say).
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(CreditShared { taken: Mutex::default(), wake: Box::new(wake) })
+    }
+
+    /// Everything noted so far, for the driver to apply.
+    pub fn take(&self) -> Consumed {
+        self.taken.lock().map(|mut t| core::mem::take(&mut *t)).unwrap_or_default()
+    }
+}
+
+/// One reader's notes, handed over in batches (and when dropped).
+#[derive(Debug)]
+pub struct Taken {
+    local: Consumed,
+    shared: Arc<CreditShared>,
+}
+
+impl Taken {
+    /// A reader of `shared`.
+    pub fn new(shared: Arc<CreditShared>) -> Self {
+        Taken { local: Consumed::default(), shared }
+    }
+
+    /// Notes an event the application took.
+    pub fn event(&mut self, ev: &Event) {
+        self.local.add_event(ev);
+        self.flush_if_due();
+    }
+
+    /// Notes a message the application took.
+    pub fn message(&mut self, m: &Message) {
+        self.local.add(m.peer, m.protocol, m.payload.len());
+        self.flush_if_due();
+    }
+
+    fn flush_if_due(&mut self) {
+        if self.local.pending() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// Hands the notes to the driver (call before the reader waits).
+    pub fn flush(&mut self) {
+        if self.local.is_empty() {
+            return;
+        }
+        let Ok(mut t) = self.shared.taken.lock() else { return };
+        let was_empty = t.is_empty();
+        t.merge(&mut self.local);
+        drop(t);
+        if was_empty {
+            (self.shared.wake)();
+        }
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, ProtocolId};
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn notes_are_batched_and_the_driver_is_woken_once_per_batch() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let w = wakes.clone();
+        let shared = CreditShared::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut a = Taken::new(shared.clone());
+        let mut b = Taken::new(shared.clone());
+        let m = |len| Message {
+            peer: NodeId([1; 32]),
+            protocol: ProtocolId(2),
+            msg_type: 0,
+            payload: alloc::vec![0; len].into(),
+        };
+        a.message(&m(100));
+        assert_eq!(wakes.load(Ordering::Relaxed), 0, "small notes wait");
+        a.message(&m(70_000));
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "a large batch goes at once");
+        b.message(&m(5));
+        b.flush();
+        assert_eq!(wakes.load(Ordering::Relaxed), 1, "the driver has not taken the first batch yet");
+        let mut expect = Consumed::default();
+        for len in [100, 70_000, 5] {
+            expect.add(NodeId([1; 32]), ProtocolId(2), len);
+        }
+        assert_eq!(shared.take(), expect);
+        drop(a);
+        b.message(&m(1));
+        drop(b);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.take().pending(), 1 + crate::MESSAGE_OVERHEAD);
+    }
+}

@@ -1,0 +1,287 @@
+//! Credit-based flow control per channel (SPEC.md "Flow control").
+//!
+//! Each side grants every channel an initial credit, its *receive window*,
+//! advertised in its hello. A message costs its payload length plus
+//! [`MESSAGE_OVERHEAD`], charged whole when its first chunk is written. A
+//! sender starts a message only if its credit covers the cost, or if all
+//! earlier messages have been returned (credit at least the window): a
+//! message larger than the window then travels alone. The receiver returns
+//! credit with `WINDOW_UPDATE` chunks once the application has consumed
+//! messages, so a protocol whose consumer stops reading stops its own
+//! sender, and no other protocol. What a receiver holds unconsumed per
+//! channel is thus at most `max(window, largest message + overhead)`.
+
+use crate::varint::{self, Reader};
+
+/// Flow-control cost of a message besides its payload bytes, so that empty
+/// messages are not free.
+pub const MESSAGE_OVERHEAD: u64 = 16;
+
+/// Tag of the `WINDOW_UPDATE` extension chunk.
+pub(crate) const TAG_WINDOW_UPDATE: u8 = 0x30;
+
+/// Most credit a sender may accumulate (a larger grant is a violation).
+const MAX_CREDIT: i64 = 1 << 62;
+
+/// The flow-control cost of a message with `len` payload bytes.
+pub(crate) fn cost(len: usize) -> u64 {
+    len as u64 + MESSAGE_OVERHEAD
+}
+
+/// The peer broke the flow-control rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowViolation;
+
+/// The sending half: credit the peer granted one channel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendCredit {
+    /// Remaining credit; negative after a message larger than the window.
+    credit: i64,
+    /// The peer's initial grant; `None` if the peer does no flow control.
+    window: Option<i64>,
+}
+
+impl SendCredit {
+    /// Credit for a peer that advertised `window` (`None`: unlimited).
+    pub(crate) fn new(window: Option<u64>) -> Self {
+        let window = window.map(|w| w.min(MAX_CREDIT as u64) as i64);
+        SendCredit { credit: window.unwrap_or(MAX_CREDIT), window }
+    }
+
+    /// True if a message of `cost` may be started now.
+    pub(crate) fn can_start(&self, cost: u64) -> bool {
+        match self.window {
+            None => true,
+            Some(w) => self.credit >= cost.min(MAX_CREDIT as u64) as i64 || self.credit >= w,
+        }
+    }
+
+    /// Charges a started message.
+    pub(crate) fn charge(&mut self, cost: u64) {
+        if self.window.is_some() {
+            self.credit -= cost.min(MAX_CREDIT as u64) as i64;
+        }
+    }
+
+    /// Adds credit returned by the peer.
+    pub(crate) fn grant(&mut self, increment: u64) -> Result<(), FlowViolation> {
+        if self.window.is_none() {
+            return Ok(());
+        }
+        let inc = i64::try_from(increment).map_err(|_| FlowViolation)?;
+        match self.credit.checked_add(inc) {
+            Some(c) if c <= MAX_CREDIT => {
+                self.credit = c;
+                Ok(())
+            }
+            _ => Err(FlowViolation),
+        }
+    }
+
+    /// Remaining credit (`i64::MAX` if the peer does no flow control).
+    pub(crate) fn available(&self) -> i64 {
+        if self.window.is_some() {
+            self.credit
+        } else {
+            i64::MAX
+        }
+    }
+}
+
+/// The receiving half: what one channel's sender may still send, and what
+/// the application has not consumed yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceiveWindow {
+    window: i64,
+    /// Credit the sender has left, as this side counts it.
+    credit: i64,
+    /// Cost of messages received (or being received) and not yet consumed.
+    unconsumed: u64,
+    /// Cost consumed and not yet returned in a `WINDOW_UPDATE`.
+    pending: u64,
+}
+
+impl ReceiveWindow {
+    /// A window granting `window` bytes of credit.
+    pub(crate) fn new(window: u64) -> Self {
+        let window = window.min(MAX_CREDIT as u64) as i64;
+        ReceiveWindow { window, credit: window, unconsumed: 0, pending: 0 }
+    }
+
+    /// Admits a message of `cost` whose first chunk arrived, or reports
+    /// that the sender had no credit for it.
+    pub(crate) fn admit(&mut self, cost: u64) -> Result<(), FlowViolation> {
+        let c = i64::try_from(cost).map_err(|_| FlowViolation)?;
+        if self.credit >= c || self.credit >= self.window {
+            self.credit -= c;
+            self.unconsumed += cost;
+            Ok(())
+        } else {
+            Err(FlowViolation)
+        }
+    }
+
+    /// The application consumed messages worth `cost` (clamped to what is
+    /// unconsumed). Returns true if a `WINDOW_UPDATE` is now due.
+    pub(crate) fn consume(&mut self, cost: u64) -> bool {
+        let c = cost.min(self.unconsumed);
+        self.unconsumed -= c;
+        self.pending += c;
+        self.update_due()
+    }
+
+    /// True if consumed credit should be returned now: a quarter of the
+    /// window has accumulated, or the application has caught up (a sender
+    /// waiting to start a large message needs everything back).
+    pub(crate) fn update_due(&self) -> bool {
+        self.pending > 0 && (self.pending >= (self.window as u64) / 4 || self.unconsumed == 0)
+    }
+
+    /// Takes the credit to return in a `WINDOW_UPDATE`, if one is due.
+    pub(crate) fn take_update(&mut self) -> Option<u64> {
+        if !self.update_due() {
+            return None;
+        }
+        let inc = core::mem::take(&mut self.pending);
+        self.credit += inc as i64;
+        Some(inc)
+    }
+
+    /// Cost of messages received and not yet consumed.
+    pub(crate) fn unconsumed(&self) -> u64 {
+        self.unconsumed
+    }
+}
+
+/// Length of an encoded `WINDOW_UPDATE` chunk.
+#[cfg(test)]
+pub(crate) fn update_len(channel: u64, increment: u64) -> usize {
+    let body = varint::len(channel) + varint::len(increment);
+    1 + varint::len(body as u64) + body
+}
+
+/// Appends a `WINDOW_UPDATE` chunk.
+pub(crate) fn write_update(out: &mut alloc::vec::Vec<u8>, channel: u64, increment: u64) {
+    out.push(TAG_WINDOW_UPDATE);
+    varint::write(out, (varint::len(channel) + varint::len(increment)) as u64);
+    varint::write(out, channel);
+    varint::write(out, increment);
+}
+
+/// Decodes a `WINDOW_UPDATE` chunk body: `(channel, increment)`.
+pub(crate) fn decode_update(body: &[u8]) -> Option<(u64, u64)> {
+    let mut r = Reader::new(body);
+    let channel = r.varint().ok()?;
+    let increment = r.varint().ok()?;
+    r.is_empty().then_some((channel, increment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sender_and_receiver_agree_on_the_rules() {
+        let mut s = SendCredit::new(Some(1000));
+        let mut r = ReceiveWindow::new(1000);
+        for _ in 0..4 {
+            assert!(s.can_start(200));
+            s.charge(200);
+            r.admit(200).unwrap();
+        }
+        assert!(!s.can_start(300), "200 left");
+        assert_eq!(r.admit(300), Err(FlowViolation));
+        // Consuming a little returns nothing yet (below a quarter, not caught up).
+        assert!(!r.consume(100));
+        assert!(r.consume(700), "a quarter of the window");
+        s.grant(r.take_update().unwrap()).unwrap();
+        assert!(s.can_start(300));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_window_goes_alone() {
+        let mut s = SendCredit::new(Some(100));
+        let mut r = ReceiveWindow::new(100);
+        assert!(s.can_start(5000));
+        s.charge(5000);
+        r.admit(5000).unwrap();
+        assert!(!s.can_start(20));
+        assert_eq!(r.admit(20), Err(FlowViolation));
+        assert!(r.consume(5000), "caught up: everything goes back");
+        s.grant(r.take_update().unwrap()).unwrap();
+        assert!(s.can_start(20) && s.can_start(5000));
+        assert_eq!(r.unconsumed(), 0);
+    }
+
+    #[test]
+    fn over_returning_is_clamped_and_over_granting_is_a_violation() {
+        let mut r = ReceiveWindow::new(100);
+        r.admit(50).unwrap();
+        r.consume(1_000_000);
+        assert_eq!(r.take_update(), Some(50));
+        let mut s = SendCredit::new(Some(100));
+        assert_eq!(s.grant(u64::MAX), Err(FlowViolation));
+        assert_eq!(s.grant(MAX_CREDIT as u64), Err(FlowViolation));
+        let mut off = SendCredit::new(None);
+        assert!(off.can_start(u64::MAX));
+        off.charge(u64::MAX);
+        assert_eq!(off.available(), i64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn update_roundtrip(channel in 0u64..(1 << 40), inc in 0u64..(1 << 62)) {
+            let mut out = Vec::new();
+            write_update(&mut out, channel, inc);
+            prop_assert_eq!(out.len(), update_len(channel, inc));
+            let mut r = Reader::new(&out);
+            match crate::chunk::decode(&mut r) {
+                Ok(Some(crate::chunk::Chunk::Extension { tag, body })) => {
+                    prop_assert_eq!(tag, TAG_WINDOW_UPDATE);
+                    prop_assert_eq!(decode_update(body), Some((channel, inc)));
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        /// Whatever the message sizes and consumption order, a sender that
+        /// follows its rules never violates the receiver's, and what the
+        /// receiver holds stays within max(window, largest message).
+        #[test]
+        fn the_rules_bound_what_is_held(window in 0u64..10_000,
+                                        ops in proptest::collection::vec((0usize..20_000, any::<bool>()), 1..200)) {
+            let mut s = SendCredit::new(Some(window));
+            let mut r = ReceiveWindow::new(window);
+            let mut held: alloc::collections::VecDeque<u64> = Default::default();
+            let mut largest = 0;
+            for (len, consume) in ops {
+                let c = cost(len);
+                if s.can_start(c) {
+                    s.charge(c);
+                    prop_assert!(r.admit(c).is_ok());
+                    held.push_back(c);
+                    largest = largest.max(c);
+                }
+                prop_assert!(r.unconsumed() <= window.max(largest));
+                if consume {
+                    if let Some(c) = held.pop_front() {
+                        r.consume(c);
+                    }
+                }
+                if let Some(inc) = r.take_update() {
+                    s.grant(inc).unwrap();
+                }
+            }
+            // Once everything is consumed, all credit comes back.
+            while let Some(c) = held.pop_front() {
+                r.consume(c);
+            }
+            if let Some(inc) = r.take_update() {
+                s.grant(inc).unwrap();
+            }
+            prop_assert!(s.can_start(u64::from(u32::MAX)));
+        }
+    }
+}
