@@ -1,6 +1,9 @@
 //! Errors returned to the caller of the core's commands.
 
+use alloc::vec::Vec;
 use core::fmt;
+
+use bytes::Bytes;
 
 /// Why [`Node::send`](crate::Node::send) refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,25 @@ impl fmt::Display for SendError {
         })
     }
 }
+
+/// A batch of messages (see [`Waiters::send_batch`](crate::Waiters::send_batch))
+/// that was refused from some message on: that message and those after it
+/// come back, in order, as `(msg_type, payload)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError {
+    /// Why the first unsent message was refused.
+    pub error: SendError,
+    /// The messages not sent, in order.
+    pub unsent: Vec<(u32, Bytes)>,
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} messages not sent)", self.error, self.unsent.len())
+    }
+}
+
+impl core::error::Error for BatchError {}
 
 /// Why a new connection was refused by [`Node::connect`](crate::Node::connect)
 /// or [`Node::accept`](crate::Node::accept).

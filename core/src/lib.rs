@@ -88,7 +88,7 @@ pub use connection::ConnectionId;
 #[cfg(feature = "std")]
 pub use credit::{CreditShared, Taken};
 pub use crypto::{CipherState, CryptoError};
-pub use error::{ConnectError, SendError};
+pub use error::{BatchError, ConnectError, SendError};
 pub use event::{Direction, Event, HandshakePath, Message, UnsentMessage};
 pub use flow::MESSAGE_OVERHEAD;
 pub use handshake::HandshakeError;

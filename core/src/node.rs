@@ -380,20 +380,31 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let id = *self.peers.get(peer).ok_or(SendError::NotConnected)?;
-        let conn = self.connections.get_mut(&id).ok_or(SendError::NotConnected)?;
+        self.send_or_return(peer, protocol, msg_type, payload).map_err(|(e, _)| e)
+    }
+
+    /// [`send`](Self::send), handing the payload back if it is refused.
+    pub(crate) fn send_or_return(
+        &mut self,
+        peer: &NodeId,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        let Some(conn) = self.peers.get(peer).and_then(|id| self.connections.get_mut(id)) else {
+            return Err((SendError::NotConnected, payload));
+        };
         let Phase::Established { session, .. } = &mut conn.phase else {
-            return Err(SendError::NotConnected);
+            return Err((SendError::NotConnected, payload));
         };
         if conn.closing.is_some() {
-            return Err(SendError::NotConnected);
+            return Err((SendError::NotConnected, payload));
         }
         let len = payload.len();
-        if session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer {
-            return Err(SendError::QueueFull);
-        }
-        if self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total {
-            return Err(SendError::QueueFull);
+        if (session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer)
+            || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
+        {
+            return Err((SendError::QueueFull, payload));
         }
         session.queue_message(protocol, msg_type, payload)?;
         self.queued_total += len;

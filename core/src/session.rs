@@ -163,26 +163,27 @@ impl Session {
         self.rtt
     }
 
-    /// Checks and queues an application message.
+    /// Checks and queues an application message, handing it back if refused.
     pub(crate) fn queue_message(
         &mut self,
         protocol: ProtocolId,
         msg_type: u32,
         payload: Bytes,
-    ) -> Result<(), crate::SendError> {
+    ) -> Result<(), (crate::SendError, Bytes)> {
+        use crate::SendError as E;
         let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
         if channel == 0 {
-            return Err(crate::SendError::ProtocolNotShared);
+            return Err((E::ProtocolNotShared, payload));
         }
         if msg_type >= self.channels[channel as usize - 1].message_count {
-            return Err(crate::SendError::UnknownMessageType);
+            return Err((E::UnknownMessageType, payload));
         }
         if payload.len() as u64 > self.peer_max_message {
-            return Err(crate::SendError::MessageTooLarge);
+            return Err((E::MessageTooLarge, payload));
         }
         let (_, protocol_queued) = self.scheduler.depth(channel as usize - 1);
         if protocol_queued > 0 && protocol_queued + payload.len() > self.max_queued_per_protocol {
-            return Err(crate::SendError::QueueFull);
+            return Err((E::QueueFull, payload));
         }
         self.queued_bytes += payload.len();
         self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
@@ -372,8 +373,8 @@ impl Session {
 
     /// Writes the due `WINDOW_UPDATE` chunks that fit before `limit`.
     fn write_updates(&mut self, buf: &mut Vec<u8>, limit: usize) {
-        /// Longest update chunk: tag, body length, two 10-byte varints.
-        const MAX_UPDATE: usize = 22;
+        /// Longest update chunk: tag, body length, two 8-byte varints.
+        const MAX_UPDATE: usize = 18;
         for (i, w) in self.windows.iter_mut().enumerate() {
             if buf.len() + MAX_UPDATE > limit {
                 return; // the rest goes in the next record
@@ -787,7 +788,7 @@ mod tests {
         let config = Config::default();
         let (mut s, _) = receiver_granted(&config, Some(1000));
         for _ in 0..3 {
-            s.queue_message(ProtocolId(0), 0, Bytes::from(vec![0; 400])).unwrap();
+            s.queue_message(ProtocolId(0), 0, Bytes::from(vec![0; 400])).map_err(|(e, _)| e).unwrap();
         }
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 
 use crate::connection::ConnectionId;
-use crate::error::{ConnectError, SendError};
+use crate::error::{BatchError, ConnectError, SendError};
 use crate::event::Event;
 use crate::identity::NodeId;
 use crate::node::Node;
@@ -88,15 +88,36 @@ pub trait Outputs<D, S> {
     /// A dial is resolved.
     fn dial_done(&mut self, reply: D, result: Result<NodeId, DisconnectReason>);
     /// A send that waited for queue space is resolved.
-    fn send_done(&mut self, reply: S, result: Result<(), SendError>);
+    fn send_done(&mut self, reply: S, result: Result<(), BatchError>);
 }
 
+/// Messages for one peer and protocol, in order, waiting for queue space.
 struct PendingSend<R> {
     peer: NodeId,
     protocol: ProtocolId,
-    msg_type: u32,
-    payload: Bytes,
+    msgs: VecDeque<(u32, Bytes)>,
     reply: R,
+}
+
+impl<R> PendingSend<R> {
+    /// Queues as many messages as the node takes. `None`: some wait for
+    /// queue space; otherwise the batch's result.
+    fn push(&mut self, node: &mut Node) -> Option<Result<(), BatchError>> {
+        while let Some((t, payload)) = self.msgs.pop_front() {
+            match node.send_or_return(&self.peer, self.protocol, t, payload) {
+                Ok(()) => {}
+                Err((SendError::QueueFull, payload)) => {
+                    self.msgs.push_front((t, payload));
+                    return None;
+                }
+                Err((error, payload)) => {
+                    self.msgs.push_front((t, payload));
+                    return Some(Err(BatchError { error, unsent: self.msgs.drain(..).collect() }));
+                }
+            }
+        }
+        Some(Ok(()))
+    }
 }
 
 /// Replies a runtime owes its callers, keyed by what they wait for. `D` is
@@ -137,26 +158,26 @@ impl<D, S> Waiters<D, S> {
         }
     }
 
-    /// Sends a message, or keeps it (behind earlier waiting sends to the
-    /// same peer and protocol, preserving their order) while the queue is
-    /// full. Other protocols are not held up by it.
-    /// Returns the reply to resolve now, if any.
-    pub fn send(
+    /// Sends messages to `peer` on `protocol`, in order, keeping those the
+    /// queue has no room for (behind earlier waiting sends to the same peer
+    /// and protocol) until it has. Other protocols are not held up by them.
+    /// Returns the reply to resolve now, if any: `Ok` once every message is
+    /// queued, or the first refusal with the messages not sent.
+    pub fn send_batch(
         &mut self,
         node: &mut Node,
         peer: NodeId,
         protocol: ProtocolId,
-        msg_type: u32,
-        payload: Bytes,
+        msgs: impl IntoIterator<Item = (u32, Bytes)>,
         reply: S,
-    ) -> Option<(S, Result<(), SendError>)> {
-        if !self.sends.iter().any(|p| p.peer == peer && p.protocol == protocol) {
-            match node.send(&peer, protocol, msg_type, payload.clone()) {
-                Err(SendError::QueueFull) => {}
-                r => return Some((reply, r)),
+    ) -> Option<(S, Result<(), BatchError>)> {
+        let mut p = PendingSend { peer, protocol, msgs: msgs.into_iter().collect(), reply };
+        if !self.sends.iter().any(|w| w.peer == peer && w.protocol == protocol) {
+            if let Some(r) = p.push(node) {
+                return Some((p.reply, r));
             }
         }
-        self.sends.push_back(PendingSend { peer, protocol, msg_type, payload, reply });
+        self.sends.push_back(p);
         None
     }
 
@@ -210,20 +231,20 @@ impl<D, S> Waiters<D, S> {
 
     /// Retries waiting sends after the node drained some queue, resolving
     /// each one that is accepted or refused.
-    pub fn retry_sends(&mut self, node: &mut Node, mut done: impl FnMut(S, Result<(), SendError>)) {
+    pub fn retry_sends(&mut self, node: &mut Node, mut done: impl FnMut(S, Result<(), BatchError>)) {
         let mut blocked: Vec<(NodeId, ProtocolId)> = Vec::new();
         let mut keep = VecDeque::new();
-        while let Some(p) = self.sends.pop_front() {
+        while let Some(mut p) = self.sends.pop_front() {
             if blocked.contains(&(p.peer, p.protocol)) {
                 keep.push_back(p);
                 continue;
             }
-            match node.send(&p.peer, p.protocol, p.msg_type, p.payload.clone()) {
-                Err(SendError::QueueFull) => {
+            match p.push(node) {
+                None => {
                     blocked.push((p.peer, p.protocol));
                     keep.push_back(p);
                 }
-                r => done(p.reply, r),
+                Some(r) => done(p.reply, r),
             }
         }
         self.sends = keep;

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message, NodeId,
-    Outputs, PeerAddr, PeerMetrics, ProtocolId, SendError, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message,
+    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,7 @@ use crate::handle::DialError;
 const READ_CHUNK: usize = 64 << 10;
 
 type DialReply = Sender<Result<NodeId, DialError>>;
-type SendReply = Sender<Result<(), SendError>>;
+type SendReply = Sender<Result<(), BatchError>>;
 
 /// A command from a [`Node`](crate::Node) handle.
 pub(crate) enum Command {
@@ -28,11 +28,11 @@ pub(crate) enum Command {
         addr: PeerAddr,
         reply: DialReply,
     },
+    /// Messages for one peer and protocol, in order.
     Send {
         peer: NodeId,
         protocol: ProtocolId,
-        msg_type: u32,
-        payload: Bytes,
+        msgs: Vec<(u32, Bytes)>,
         reply: SendReply,
     },
     Disconnect {
@@ -340,9 +340,8 @@ impl Driver {
                 })
                 .detach();
             }
-            Command::Send { peer, protocol, msg_type, payload, reply } => {
-                if let Some((reply, r)) =
-                    self.waiters.send(&mut self.core, peer, protocol, msg_type, payload, reply)
+            Command::Send { peer, protocol, msgs, reply } => {
+                if let Some((reply, r)) = self.waiters.send_batch(&mut self.core, peer, protocol, msgs, reply)
                 {
                     let _ = reply.try_send(r);
                 }
@@ -535,7 +534,7 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
         let _ = reply.try_send(result.map_err(DialError::Handshake));
     }
 
-    fn send_done(&mut self, reply: SendReply, result: Result<(), SendError>) {
+    fn send_done(&mut self, reply: SendReply, result: Result<(), BatchError>) {
         let _ = reply.try_send(result);
     }
 }

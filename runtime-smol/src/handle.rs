@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    Broadcast, Bytes, Config, ConnectError, CreditShared, DisconnectReason, Event, Keypair, Message, NodeId,
-    PeerAddr, PeerMetrics, ProtocolId, SendError, Taken,
+    BatchError, Broadcast, Bytes, Config, ConnectError, CreditShared, DisconnectReason, Event, Keypair,
+    Message, NodeId, PeerAddr, PeerMetrics, ProtocolId, SendError, Taken,
 };
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
@@ -130,6 +130,22 @@ impl Events {
         self.taken.event(&ev);
         Some(ev)
     }
+
+    /// Waits for events and appends up to `limit` of them to `out`; returns
+    /// how many (0 once the node has stopped). Cheaper per event than
+    /// [`next`](Self::next) when many arrive.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
+        let Some(first) = self.next().await else { return 0 };
+        out.push(first);
+        let mut n = 1;
+        while n < limit {
+            let Ok(ev) = self.rx.try_recv() else { break };
+            self.taken.event(&ev);
+            out.push(ev);
+            n += 1;
+        }
+        n
+    }
 }
 
 /// The messages of one protocol, from every peer, in a stream of their own
@@ -157,6 +173,21 @@ impl Messages {
         };
         self.taken.message(&m);
         Some(m)
+    }
+
+    /// Waits for messages and appends up to `limit` of them to `out`;
+    /// returns how many (0 once the node has stopped).
+    pub async fn next_batch(&mut self, out: &mut Vec<Message>, limit: usize) -> usize {
+        let Some(first) = self.next().await else { return 0 };
+        out.push(first);
+        let mut n = 1;
+        while n < limit {
+            let Ok(m) = self.rx.try_recv() else { break };
+            self.taken.message(&m);
+            out.push(m);
+            n += 1;
+        }
+        n
     }
 }
 
@@ -271,10 +302,28 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.request(|reply| Command::Send { peer, protocol, msg_type, payload, reply })
+        self.request(|reply| Command::Send { peer, protocol, msgs: vec![(msg_type, payload)], reply })
             .await
-            .unwrap_or(Err(SendError::NotConnected))
-            .map_err(NodeError::Send)
+            .unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
+            .map_err(|e| NodeError::Send(e.error))
+    }
+
+    /// Sends several messages to one peer on one protocol, in order, with one
+    /// command to the node instead of one per message: the way to send many
+    /// small messages fast. Waits while the queue is full (backpressure).
+    /// On a refusal, that message and those after it come back in the error.
+    pub async fn send_batch(
+        &self,
+        peer: NodeId,
+        protocol: ProtocolId,
+        msgs: Vec<(u32, Bytes)>,
+    ) -> Result<(), BatchError> {
+        let (reply, rx) = channel::bounded(1);
+        if let Err(e) = self.inner.cmd.send(Command::Send { peer, protocol, msgs, reply }).await {
+            let Command::Send { msgs, .. } = e.0 else { unreachable!("the command sent") };
+            return Err(BatchError { error: SendError::NotConnected, unsent: msgs });
+        }
+        rx.recv().await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
     }
 
     /// Queues a message for every connected peer that speaks `protocol`,

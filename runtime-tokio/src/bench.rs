@@ -1,19 +1,25 @@
 //! `devp2p bench`: the four workloads of `../shared/peers/libp2p-bench`,
 //! two nodes in one process on 127.0.0.1, each printed as one JSON line:
 //! bulk transfer, 64-byte messages, 64-byte round trips, and connections
-//! with a full handshake per second.
+//! with a full handshake per second; plus bulk spread over 8 protocols.
+//! Every workload checks what arrives (content and order).
 
 use std::time::{Duration, Instant};
 
 use devp2p_core::{Bytes, Config, Event, PeerAddr, Protocol, ProtocolId};
 
-use crate::{Events, Node, NodeConfig};
+use crate::{Events, Messages, Node, NodeConfig};
 
+/// Protocols registered by bench nodes: "bench" first, then 7 more for the
+/// multi-protocol workload.
 fn config() -> Config {
-    let mut c = Config::with_protocols(vec![Protocol::new("bench", 1, 2)]);
+    let mut protocols = vec![Protocol::new("bench", 1, 2)];
+    protocols.extend((1..8).map(|i| Protocol::new(format!("bulk-{i}"), 1, 1)));
+    let mut c = Config::with_protocols(protocols);
     c.max_queued_per_peer = 64 << 20;
+    c.max_queued_per_protocol = 16 << 20;
     c.max_message_size = 1 << 20;
-    c.max_reassembly_per_peer = 4 << 20;
+    c.max_reassembly_per_peer = 16 << 20;
     c
 }
 
@@ -21,72 +27,132 @@ async fn pair() -> Result<(Node, Events, Node, Events), String> {
     let listen = "127.0.0.1:0".parse().map_err(|_| "addr")?;
     let (a, ea) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
     let (b, eb) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
-    a.dial(b.peer_addr().ok_or("no listener")?).await.map_err(|e| e.to_string())?;
     Ok((a, ea, b, eb))
 }
 
-/// Counts message bytes on `events` until `total` arrived.
-async fn receive(mut events: Events, total: u64) -> Result<(u64, Events), String> {
-    let mut got = 0u64;
-    let mut msgs = 0u64;
-    while got < total {
-        match events.next().await {
-            Some(Event::Message { payload, .. }) => {
-                got += payload.len() as u64;
-                msgs += 1;
-            }
-            Some(_) => {}
-            None => return Err("events ended".into()),
-        }
-    }
-    Ok((msgs, events))
+async fn connect(a: &Node, b: &Node) -> Result<(), String> {
+    a.dial(b.peer_addr().ok_or("no listener")?).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Bulk: `bytes` in 1 MiB messages. Returns MB/s.
-pub async fn bulk(bytes: u64) -> Result<String, String> {
-    let (a, _ea, b, eb) = pair().await?;
-    let peer = b.node_id();
-    let chunk = Bytes::from(vec![0x5a; 1 << 20]);
-    let n = bytes / chunk.len() as u64;
-    let t = Instant::now();
-    let rx = tokio::spawn(receive(eb, n * chunk.len() as u64));
-    for _ in 0..n {
-        a.send(peer, ProtocolId(0), 0, chunk.clone()).await.map_err(|e| e.to_string())?;
+/// A 1 MiB message whose bytes depend on its sequence number.
+fn bulk_message(seq: u64) -> Bytes {
+    (0..1u32 << 20).map(|i| (i as u64).wrapping_mul(31).wrapping_add(seq) as u8).collect::<Vec<u8>>().into()
+}
+
+/// Receives `count` bulk messages on `stream`, checking each against `expect`.
+async fn receive_bulk(mut stream: Messages, count: u64, expect: Vec<Bytes>) -> Result<Messages, String> {
+    let mut batch = Vec::new();
+    let mut seq = 0u64;
+    while seq < count {
+        batch.clear();
+        if stream.next_batch(&mut batch, 64).await == 0 {
+            return Err("stream ended".into());
+        }
+        for m in &batch {
+            if m.payload != expect[(seq % expect.len() as u64) as usize] {
+                return Err(format!("bulk message {seq} corrupted"));
+            }
+            seq += 1;
+        }
     }
-    rx.await.map_err(|e| e.to_string())??;
+    Ok(stream)
+}
+
+/// Sends `count` 1 MiB messages on `protocol`.
+async fn send_bulk(a: Node, peer: devp2p_core::NodeId, protocol: ProtocolId, count: u64, msgs: Vec<Bytes>) {
+    for seq in 0..count {
+        let m = msgs[(seq % msgs.len() as u64) as usize].clone();
+        if a.send(peer, protocol, 0, m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Bulk: `bytes` in 1 MiB messages on `protocols` protocols at once (the
+/// bytes split evenly), every byte checked. Returns MB/s.
+pub async fn bulk(bytes: u64, protocols: u16) -> Result<String, String> {
+    let (a, _ea, b, _eb) = pair().await?;
+    let mut streams = Vec::new();
+    for p in 0..protocols {
+        streams.push(b.messages(ProtocolId(p)).await);
+    }
+    connect(&a, &b).await?;
+    let peer = b.node_id();
+    let per_protocol = bytes / (1 << 20) / u64::from(protocols);
+    let msgs: Vec<Bytes> = (0..4).map(bulk_message).collect();
+    let t = Instant::now();
+    let receivers: Vec<_> =
+        streams.into_iter().map(|s| tokio::spawn(receive_bulk(s, per_protocol, msgs.clone()))).collect();
+    for p in 0..protocols {
+        tokio::spawn(send_bulk(a.clone(), peer, ProtocolId(p), per_protocol, msgs.clone()));
+    }
+    for r in receivers {
+        r.await.map_err(|e| e.to_string())??;
+    }
     let s = t.elapsed().as_secs_f64();
     a.shutdown().await;
     b.shutdown().await;
+    let total = (per_protocol * u64::from(protocols)) << 20;
     Ok(format!(
-        "{{\"bench\":\"bulk\",\"bytes\":{},\"secs\":{s:.3},\"mb_per_sec\":{:.1}}}",
-        n << 20,
-        (n << 20) as f64 / s / 1e6
+        "{{\"bench\":\"bulk\",\"protocols\":{protocols},\"bytes\":{total},\"secs\":{s:.3},\"mb_per_sec\":{:.1}}}",
+        total as f64 / s / 1e6
     ))
 }
 
-/// 64-byte messages, sent one `send` at a time. Returns messages/s.
-pub async fn messages(count: u64) -> Result<String, String> {
-    let (a, _ea, b, eb) = pair().await?;
+/// 64-byte messages carrying their sequence number, sent in batches of
+/// `batch` (one command per batch) and received as typed events, each
+/// checked in order. Returns messages/s.
+pub async fn messages(count: u64, batch: usize) -> Result<String, String> {
+    let (a, _ea, b, _eb) = pair().await?;
+    let mut stream = b.messages(ProtocolId(0)).await;
+    connect(&a, &b).await?;
     let peer = b.node_id();
-    let msg = Bytes::from(vec![1u8; 64]);
     let t = Instant::now();
-    let rx = tokio::spawn(receive(eb, count * 64));
-    for _ in 0..count {
-        a.send(peer, ProtocolId(0), 0, msg.clone()).await.map_err(|e| e.to_string())?;
+    let rx = tokio::spawn(async move {
+        let mut got = 0u64;
+        let mut buf = Vec::with_capacity(4096);
+        while got < count {
+            buf.clear();
+            if stream.next_batch(&mut buf, 4096).await == 0 {
+                return Err("stream ended".to_string());
+            }
+            for m in &buf {
+                let seq = u64::from_le_bytes(m.payload[..8].try_into().map_err(|_| "short message")?);
+                if seq != got || m.payload.len() != 64 {
+                    return Err(format!("message {got} arrived as {seq}"));
+                }
+                got += 1;
+            }
+        }
+        Ok(got)
+    });
+    let mut seq = 0u64;
+    while seq < count {
+        let n = (count - seq).min(batch as u64);
+        let msgs = (seq..seq + n)
+            .map(|i| {
+                let mut p = [0u8; 64];
+                p[..8].copy_from_slice(&i.to_le_bytes());
+                (0, Bytes::copy_from_slice(&p))
+            })
+            .collect();
+        a.send_batch(peer, ProtocolId(0), msgs).await.map_err(|e| e.to_string())?;
+        seq += n;
     }
-    let (msgs, _) = rx.await.map_err(|e| e.to_string())??;
+    let msgs = rx.await.map_err(|e| e.to_string())??;
     let s = t.elapsed().as_secs_f64();
     a.shutdown().await;
     b.shutdown().await;
     Ok(format!(
-        "{{\"bench\":\"msgs\",\"messages\":{msgs},\"secs\":{s:.3},\"msgs_per_sec\":{:.0}}}",
+        "{{\"bench\":\"msgs\",\"messages\":{msgs},\"batch\":{batch},\"secs\":{s:.3},\"msgs_per_sec\":{:.0}}}",
         msgs as f64 / s
     ))
 }
 
-/// 64-byte round trips (B echoes). Returns p50/p99 in µs.
+/// 64-byte round trips (B echoes, content checked). Returns p50/p99 in µs.
 pub async fn rtt(rounds: usize) -> Result<String, String> {
     let (a, mut ea, b, mut eb) = pair().await?;
+    connect(&a, &b).await?;
     let (pa, pb) = (a.node_id(), b.node_id());
     let echo = {
         let b = b.clone();
@@ -100,14 +166,15 @@ pub async fn rtt(rounds: usize) -> Result<String, String> {
             }
         })
     };
-    let msg = Bytes::from(vec![2u8; 64]);
     let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
+    for i in 0..rounds {
+        let msg = Bytes::from(vec![i as u8; 64]);
         let t = Instant::now();
         a.send(pb, ProtocolId(0), 0, msg.clone()).await.map_err(|e| e.to_string())?;
         loop {
             match ea.next().await {
-                Some(Event::Message { .. }) => break,
+                Some(Event::Message { payload, .. }) if payload == msg => break,
+                Some(Event::Message { .. }) => return Err(format!("round {i}: wrong echo")),
                 Some(_) => {}
                 None => return Err("events ended".into()),
             }
@@ -131,6 +198,9 @@ pub async fn connections(count: usize) -> Result<String, String> {
     let t = Instant::now();
     for _ in 0..count {
         let peer = a.dial(addr).await.map_err(|e| e.to_string())?;
+        if peer != b.node_id() {
+            return Err("connected to the wrong node".into());
+        }
         a.disconnect(peer).await;
         // Wait until the disconnect is done before the next dial.
         while a.peers().await.contains(&peer) {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message, NodeId,
-    Outputs, PeerAddr, PeerMetrics, ProtocolId, SendError, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message,
+    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +22,7 @@ const READ_CHUNK: usize = 64 << 10;
 
 /// A command from a [`Node`](crate::Node) handle.
 pub(crate) enum Command {
+    /// Messages for one peer and protocol, in order.
     Dial {
         addr: PeerAddr,
         reply: oneshot::Sender<Result<NodeId, DialError>>,
@@ -29,9 +30,8 @@ pub(crate) enum Command {
     Send {
         peer: NodeId,
         protocol: ProtocolId,
-        msg_type: u32,
-        payload: Bytes,
-        reply: oneshot::Sender<Result<(), SendError>>,
+        msgs: Vec<(u32, Bytes)>,
+        reply: SendReply,
     },
     Disconnect {
         peer: NodeId,
@@ -81,7 +81,7 @@ struct ConnIo {
 const WRITE_GRACE: Duration = Duration::from_secs(2);
 
 type DialReply = oneshot::Sender<Result<NodeId, DialError>>;
-type SendReply = oneshot::Sender<Result<(), SendError>>;
+type SendReply = oneshot::Sender<Result<(), BatchError>>;
 
 pub(crate) struct Driver {
     core: devp2p_core::Node,
@@ -305,9 +305,8 @@ impl Driver {
                     }
                 });
             }
-            Command::Send { peer, protocol, msg_type, payload, reply } => {
-                if let Some((reply, r)) =
-                    self.waiters.send(&mut self.core, peer, protocol, msg_type, payload, reply)
+            Command::Send { peer, protocol, msgs, reply } => {
+                if let Some((reply, r)) = self.waiters.send_batch(&mut self.core, peer, protocol, msgs, reply)
                 {
                     let _ = reply.send(r);
                 }
@@ -511,7 +510,7 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
         let _ = reply.send(result.map_err(DialError::Handshake));
     }
 
-    fn send_done(&mut self, reply: SendReply, result: Result<(), SendError>) {
+    fn send_done(&mut self, reply: SendReply, result: Result<(), BatchError>) {
         let _ = reply.send(result);
     }
 }

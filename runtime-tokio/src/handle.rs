@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    Broadcast, Bytes, Config, ConnectError, CreditShared, DisconnectReason, Event, Keypair, Message, NodeId,
-    PeerMetrics, ProtocolId, SendError, Taken,
+    BatchError, Broadcast, Bytes, Config, ConnectError, CreditShared, DisconnectReason, Event, Keypair,
+    Message, NodeId, PeerMetrics, ProtocolId, SendError, Taken,
 };
 use rand_core::OsRng;
 use tokio::net::TcpListener;
@@ -131,6 +131,18 @@ impl Events {
         self.taken.event(&ev);
         Some(ev)
     }
+
+    /// Waits for events and appends up to `limit` of them to `out`; returns
+    /// how many (0 once the node has stopped). Cheaper per event than
+    /// [`next`](Self::next) when many arrive.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
+        if self.rx.is_empty() {
+            self.taken.flush();
+        }
+        let n = self.rx.recv_many(out, limit.max(1)).await;
+        out[out.len() - n..].iter().for_each(|ev| self.taken.event(ev));
+        n
+    }
 }
 
 /// The messages of one protocol, from every peer, in a stream of their own
@@ -158,6 +170,17 @@ impl Messages {
         };
         self.taken.message(&m);
         Some(m)
+    }
+
+    /// Waits for messages and appends up to `limit` of them to `out`;
+    /// returns how many (0 once the node has stopped).
+    pub async fn next_batch(&mut self, out: &mut Vec<Message>, limit: usize) -> usize {
+        if self.rx.is_empty() {
+            self.taken.flush();
+        }
+        let n = self.rx.recv_many(out, limit.max(1)).await;
+        out[out.len() - n..].iter().for_each(|m| self.taken.message(m));
+        n
     }
 }
 
@@ -262,10 +285,28 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.request(|reply| Command::Send { peer, protocol, msg_type, payload, reply })
+        self.request(|reply| Command::Send { peer, protocol, msgs: vec![(msg_type, payload)], reply })
             .await
-            .unwrap_or(Err(SendError::NotConnected))
-            .map_err(NodeError::Send)
+            .unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
+            .map_err(|e| NodeError::Send(e.error))
+    }
+
+    /// Sends several messages to one peer on one protocol, in order, with one
+    /// command to the node instead of one per message: the way to send many
+    /// small messages fast. Waits while the queue is full (backpressure).
+    /// On a refusal, that message and those after it come back in the error.
+    pub async fn send_batch(
+        &self,
+        peer: NodeId,
+        protocol: ProtocolId,
+        msgs: Vec<(u32, Bytes)>,
+    ) -> Result<(), BatchError> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.inner.cmd.send(Command::Send { peer, protocol, msgs, reply }).await {
+            let Command::Send { msgs, .. } = e.0 else { unreachable!("the command sent") };
+            return Err(BatchError { error: SendError::NotConnected, unsent: msgs });
+        }
+        rx.await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
     }
 
     /// Queues a message for every connected peer that speaks `protocol`,

@@ -38,15 +38,21 @@ enum Cmd {
         key: Option<String>,
     },
     /// Measures the four workloads of ../shared/peers/libp2p-bench (bulk,
-    /// 64 B messages, 64 B round trips, connections/s) on 127.0.0.1 and
-    /// prints one JSON line each.
+    /// 64 B messages, 64 B round trips, connections/s) on 127.0.0.1, and
+    /// bulk over 8 protocols at once, and prints one JSON line each.
     Bench {
-        /// Bytes for the bulk workload.
+        /// Only this workload: bulk, bulk8, msgs, rtt or conns.
+        #[arg(long)]
+        only: Option<String>,
+        /// Bytes for the bulk workloads.
         #[arg(long, default_value_t = 1 << 30)]
         bulk_bytes: u64,
         /// Messages for the 64 B workload.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         messages: u64,
+        /// Messages per `send_batch` in the 64 B workload.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
         /// Round trips for the RTT workload.
         #[arg(long, default_value_t = 5_000)]
         rounds: usize,
@@ -89,8 +95,8 @@ async fn main() {
     let result = match cli.command {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
-        Cmd::Bench { bulk_bytes, messages, rounds, connections } => {
-            bench(bulk_bytes, messages, rounds, connections).await
+        Cmd::Bench { only, bulk_bytes, messages, batch, rounds, connections } => {
+            bench(only.as_deref(), bulk_bytes, (messages, batch), rounds, connections).await
         }
         Cmd::Demo { nodes } => devp2p_tokio::demo::run(nodes).await.and_then(|s| {
             if s.corrupt == 0 && s.received == s.sent {
@@ -106,12 +112,30 @@ async fn main() {
     }
 }
 
-async fn bench(bulk: u64, messages: u64, rounds: usize, connections: usize) -> Result<(), String> {
+async fn bench(
+    only: Option<&str>,
+    bulk: u64,
+    (messages, batch): (u64, usize),
+    rounds: usize,
+    connections: usize,
+) -> Result<(), String> {
     use devp2p_tokio::bench;
-    println!("{}", bench::bulk(bulk).await?);
-    println!("{}", bench::messages(messages).await?);
-    println!("{}", bench::rtt(rounds).await?);
-    println!("{}", bench::connections(connections).await?);
+    let run = |name: &str| only.is_none_or(|o| o == name);
+    if run("bulk") {
+        println!("{}", bench::bulk(bulk, 1).await?);
+    }
+    if run("bulk8") {
+        println!("{}", bench::bulk(bulk, 8).await?);
+    }
+    if run("msgs") {
+        println!("{}", bench::messages(messages, batch).await?);
+    }
+    if run("rtt") {
+        println!("{}", bench::rtt(rounds).await?);
+    }
+    if run("conns") {
+        println!("{}", bench::connections(connections).await?);
+    }
     Ok(())
 }
 

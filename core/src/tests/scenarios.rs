@@ -867,3 +867,38 @@ fn credit_is_returned_when_events_are_polled_by_default() {
     assert_eq!(got.len(), 100);
     assert!(got.iter().enumerate().all(|(i, m)| m.1 == i as u32 % 16 && m.2[0] == i as u8));
 }
+
+#[test]
+fn a_batch_waits_for_queue_space_in_order_and_hands_back_what_is_refused() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
+    // 6.25 MiB of 64 KiB messages: more than one protocol's 4 MiB queue.
+    let batch: Vec<(u32, Bytes)> =
+        (0..100u32).map(|i| (i % 16, Bytes::from(vec![i as u8; 64 << 10]))).collect();
+    assert!(w.send_batch(&mut p.a, b, BLOCKS, batch, 1).is_none(), "part of the batch waits");
+    assert!(w.has_waiting_sends());
+    // A later batch on another protocol is not held up by it.
+    let other = w.send_batch(&mut p.a, b, CHAT, vec![(0, Bytes::from_static(b"hi"))], 2);
+    assert_eq!(other, Some((2, Ok(()))));
+    let mut done = Vec::new();
+    for _ in 0..100 {
+        p.drive();
+        w.retry_sends(&mut p.a, |reply, r| done.push((reply, r)));
+        if !done.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(done, vec![(1, Ok(()))]);
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    let blocks: Vec<u8> = got.iter().filter(|m| m.0 == BLOCKS).map(|m| m.2[0]).collect();
+    assert_eq!(blocks, (0..100u8).collect::<Vec<_>>(), "all of the batch, in order");
+    // A refusal mid-batch hands back that message and the rest, in order.
+    let batch =
+        vec![(1, Bytes::from_static(b"a")), (99, Bytes::from_static(b"b")), (2, Bytes::from_static(b"c"))];
+    let (_, r) = w.send_batch(&mut p.a, b, BLOCKS, batch, 3).expect("resolved at once");
+    let e = r.expect_err("type 99 is not defined");
+    assert_eq!(e.error, SendError::UnknownMessageType);
+    assert_eq!(e.unsent, vec![(99, Bytes::from_static(b"b")), (2, Bytes::from_static(b"c"))]);
+}
