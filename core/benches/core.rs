@@ -77,9 +77,13 @@ fn node(seed: u64, config: Config) -> Node {
 }
 
 fn config() -> Config {
-    let mut c = Config::with_protocols(vec![Protocol::new("bench", 1, 4)]);
+    let mut protocols = vec![Protocol::new("bench", 1, 4)];
+    protocols.extend((1..8).map(|i| Protocol::new(format!("bulk-{i}"), 1, 4)));
+    let mut c = Config::with_protocols(protocols);
     c.max_queued_per_peer = 64 << 20;
     c.max_queued_total = 64 << 20;
+    c.max_queued_per_protocol = 64 << 20;
+    c.max_reassembly_per_peer = 16 << 20;
     c.max_transmit_size = std::env::var("TX").map(|v| v.parse().expect("TX")).unwrap_or(256 << 10);
     if let Ok(r) = std::env::var("RECORD") {
         c.max_record_size = r.parse().expect("RECORD");
@@ -280,6 +284,45 @@ fn main() {
             ("raw_seal_open_per_sec", format!("{:.0}", 1e9 / raw)),
             ("raw_mb_per_sec", format!("{:.1}", size as f64 * 1e3 / raw)),
             ("ratio_to_raw", format!("{:.3}", median(ratios))),
+        ]);
+    }
+
+    for size in [64usize << 10, 1 << 20] {
+        if !want(&format!("protocols_8_{size}")) {
+            continue;
+        }
+        // Messages on one protocol, or spread over 8 at once.
+        let payload = Bytes::from(vec![0xcdu8; size]);
+        let count = ((4 << 20) / size) as u16 * 8;
+        let mut pairs: Vec<(Pair, u16)> = [1u16, 8].iter().map(|&n| (Pair::new(), n)).collect();
+        for (p, _) in &mut pairs {
+            p.connect(None);
+            p.pump();
+        }
+        let mut samplers: Vec<Sampler<_>> = pairs
+            .iter_mut()
+            .map(|(p, n)| {
+                let n = *n;
+                let payload = payload.clone();
+                Sampler::new(move || {
+                    let b = p.b.node_id();
+                    for i in 0..count {
+                        p.a.send(&b, ProtocolId(i % n), 1, payload.clone()).expect("send");
+                    }
+                    assert_eq!(p.pump(), u64::from(count));
+                    u64::from(count)
+                })
+            })
+            .collect();
+        let (first, rest) = samplers.split_at_mut(1);
+        let [one, eight] = interleaved(&mut [&mut || first[0].sample(), &mut || rest[0].sample()]);
+        let ratios: Vec<f64> = (0..SAMPLES).map(|i| one[i] / eight[i]).collect();
+        json(&[
+            ("bench", format!("\"protocols_8_{size}\"")),
+            ("size", size.to_string()),
+            ("one_protocol_mb_per_sec", format!("{:.1}", size as f64 * 1e3 / median(one))),
+            ("eight_protocols_mb_per_sec", format!("{:.1}", size as f64 * 1e3 / median(eight))),
+            ("ratio_eight_to_one", format!("{:.3}", median(ratios))),
         ]);
     }
 }

@@ -47,7 +47,7 @@ pub struct Config {
     /// idle. Default: off.
     pub cover_traffic_interval: Option<Duration>,
     /// Bytes a protocol of weight 1 sends per scheduling round when several
-    /// protocols have data queued (default 16 KiB).
+    /// protocols have data queued (default 64 KiB, about one full record).
     pub scheduler_quantum: usize,
     /// A protocol whose next message has at most this many bytes left is
     /// served before the round robin (default 512): small, latency-sensitive
@@ -115,7 +115,7 @@ impl Default for Config {
             max_connection_rate: None,
             max_node_rate: None,
             cover_traffic_interval: None,
-            scheduler_quantum: 16 << 10,
+            scheduler_quantum: 64 << 10,
             priority_message_size: 512,
             max_queued_per_peer: 8 << 20,
             max_queued_total: 256 << 20,

@@ -85,9 +85,13 @@ pub(crate) struct Session {
     reassembly: Vec<Option<Partial>>,
     /// Bytes reserved by `reassembly`.
     reassembly_bytes: usize,
-    /// The buffer of the last reassembled message: once the application
-    /// drops that message, its allocation is reused for the next one.
-    spare: Option<BytesMut>,
+    /// The buffer of the last reassembled message of each channel (index
+    /// = channel - 1) and its size: once the application drops that
+    /// message, its allocation is reused for the channel's next one.
+    spare: Vec<Option<(BytesMut, usize)>>,
+    /// Bytes of the buffers kept in `spare`: with `reassembly_bytes`,
+    /// within `max_reassembly_per_peer`.
+    spare_bytes: usize,
     next_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
     ping_counter: u64,
@@ -141,7 +145,8 @@ impl Session {
             control: VecDeque::new(),
             reassembly,
             reassembly_bytes: 0,
-            spare: None,
+            spare: alloc::vec![None; n],
+            spare_bytes: 0,
             next_ping: now + config.keepalive_interval,
             ping_outstanding: None,
             ping_counter: 0,
@@ -521,8 +526,19 @@ impl Session {
                 if self.reassembly_bytes + total > config.max_reassembly_per_peer {
                     return Err(DisconnectReason::ResourceLimit);
                 }
+                if self.reassembly_bytes + self.spare_bytes + total > config.max_reassembly_per_peer {
+                    // Buffers in use come first: the kept ones go.
+                    self.spare.iter_mut().for_each(|s| *s = None);
+                    self.spare_bytes = 0;
+                }
                 self.reassembly_bytes += total;
-                let mut buf = self.spare.take().unwrap_or_default();
+                let mut buf = match self.spare[idx].take() {
+                    Some((buf, size)) => {
+                        self.spare_bytes -= size;
+                        buf
+                    }
+                    None => BytesMut::new(),
+                };
                 buf.clear();
                 buf.reserve(total);
                 Partial { msg_type, total, buf }
@@ -542,7 +558,11 @@ impl Session {
             st.messages_in += 1;
             st.bytes_in += p.total as u64;
             let payload = p.buf.split().freeze();
-            self.spare = Some(p.buf);
+            // Kept for reuse only within the reassembly budget.
+            if self.reassembly_bytes + self.spare_bytes + p.total <= config.max_reassembly_per_peer {
+                self.spare_bytes += p.total;
+                self.spare[idx] = Some((p.buf, p.total));
+            }
             events.push_back(Event::Message {
                 peer: self.peer,
                 protocol: shared.id,

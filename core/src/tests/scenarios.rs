@@ -271,10 +271,11 @@ fn protocols_share_the_link_by_weight() {
     p.drive();
     let order: Vec<ProtocolId> = messages(&p.take_events(Side::B)).into_iter().map(|m| m.0).collect();
     assert_eq!(order.len(), 80);
-    // While both are busy, blocks (weight 3) gets three times chat's bytes.
+    // While both are busy, blocks (weight 3) gets three times chat's bytes
+    // (give or take one turn: a 64 KiB quantum is about one message).
     let at_ten_chat = order.iter().enumerate().filter(|(_, p)| **p == CHAT).nth(9).map(|(i, _)| i).unwrap();
     let blocks_by_then = order[..at_ten_chat].iter().filter(|p| **p == BLOCKS).count();
-    assert!((28..=32).contains(&blocks_by_then), "{blocks_by_then} blocks messages per 10 chat messages");
+    assert!((27..=33).contains(&blocks_by_then), "{blocks_by_then} blocks messages per 10 chat messages");
 }
 
 #[test]
