@@ -25,7 +25,7 @@ enum Cmd {
     },
     /// Runs a node: prints peers and messages; each line typed on stdin is
     /// sent to every peer on the `chat` protocol (`/stats` prints per-peer,
-    /// per-protocol traffic and queue depths).
+    /// per-protocol traffic, queue depths and flow-control credit).
     Node {
         /// Address to listen on (repeatable), e.g. 0.0.0.0:30303 or [::]:30303.
         #[arg(long)]
@@ -196,10 +196,16 @@ async fn node(listen: Vec<SocketAddr>, dial: Vec<PeerAddr>, key: Option<String>)
                     for m in node.metrics().await {
                         println!("peer {:?} rtt {:?}", m.peer, m.rtt);
                         for p in m.protocols {
+                            let credit = if p.send_credit == i64::MAX {
+                                "unlimited".to_string()
+                            } else {
+                                format!("{} B", p.send_credit)
+                            };
                             println!(
-                                "  protocol {:?}: in {} msgs / {} B, out {} msgs / {} B, queued {} msgs / {} B",
+                                "  protocol {:?}: in {} msgs / {} B, out {} msgs / {} B, queued {} msgs / {} B, \
+                                 send credit {credit}, unconsumed {} B",
                                 p.protocol, p.messages_in, p.bytes_in, p.messages_out, p.bytes_out,
-                                p.queued_messages, p.queued_bytes
+                                p.queued_messages, p.queued_bytes, p.unconsumed
                             );
                         }
                     }
