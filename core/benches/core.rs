@@ -76,9 +76,11 @@ fn node(seed: u64, config: Config) -> Node {
     Node::new(config, key, Box::new(rng.fork()), Instant::ZERO).expect("config")
 }
 
-fn config() -> Config {
-    let mut protocols = vec![Protocol::new("bench", 1, 4)];
-    protocols.extend((1..8).map(|i| Protocol::new(format!("bulk-{i}"), 1, 4)));
+/// A node speaking `protocols` protocols ("bench" first).
+fn config(protocols: u16) -> Config {
+    let mut protocols: Vec<Protocol> =
+        (0..protocols).map(|i| Protocol::new(format!("bench-{i}"), 1, 4)).collect();
+    protocols[0] = Protocol::new("bench", 1, 4);
     let mut c = Config::with_protocols(protocols);
     c.max_queued_per_peer = 64 << 20;
     c.max_queued_total = 64 << 20;
@@ -104,10 +106,11 @@ struct Pair {
 }
 
 impl Pair {
-    fn new() -> Self {
+    /// Two nodes speaking `protocols` protocols.
+    fn new(protocols: u16) -> Self {
         Pair {
-            a: node(1, config()),
-            b: node(2, config()),
+            a: node(1, config(protocols)),
+            b: node(2, config(protocols)),
             a_to_b: BTreeMap::new(),
             b_to_a: BTreeMap::new(),
             buf: Vec::with_capacity(2 << 20),
@@ -209,7 +212,7 @@ fn main() {
                 black_box(PublicKey::from(&StaticSecret::from(black_box(seed))));
                 1
             });
-            let mut p = Pair::new();
+            let mut p = Pair::new(1);
             let b = p.b.node_id();
             let expect = match name {
                 "full" => HandshakePath::Full,
@@ -260,7 +263,7 @@ fn main() {
             cipher.decrypt_in_place_detached(nonce, b"", black_box(&mut raw_buf), &tag).expect("open");
             1
         });
-        let mut p = Pair::new();
+        let mut p = Pair::new(1);
         p.connect(None);
         p.pump();
         let b = p.b.node_id();
@@ -294,7 +297,7 @@ fn main() {
         // Messages on one protocol, or spread over 8 at once.
         let payload = Bytes::from(vec![0xcdu8; size]);
         let count = ((4 << 20) / size) as u16 * 8;
-        let mut pairs: Vec<(Pair, u16)> = [1u16, 8].iter().map(|&n| (Pair::new(), n)).collect();
+        let mut pairs: Vec<(Pair, u16)> = [1u16, 8].iter().map(|&n| (Pair::new(8), n)).collect();
         for (p, _) in &mut pairs {
             p.connect(None);
             p.pump();

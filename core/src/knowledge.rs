@@ -4,7 +4,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::crypto::hash::{hkdf2, Hash};
+use crate::crypto::hash::{hash2, Hash};
 use crate::identity::NodeId;
 use crate::time::Instant;
 
@@ -31,13 +31,14 @@ impl core::fmt::Debug for Ticket {
 
 impl Ticket {
     /// Derives the ticket of a finished session from its resumption seed
-    /// (SPEC.md "Resumption"): `secret, id' = HKDF(seed, "devp2p/1 resumption", 2)`,
-    /// `id = id'[..16]`.
+    /// (SPEC.md "Resumption"): the seed, an HKDF output of the session's
+    /// final chaining key used for nothing else, is the secret; the id is
+    /// `HASH("devp2p/1 ticket id" || seed)[..16]`, which reveals nothing of it.
     pub(crate) fn derive(seed: &Hash, expires: Instant) -> Self {
-        let (secret, id_full) = hkdf2(seed, b"devp2p/1 resumption");
+        let id_full = hash2(b"devp2p/1 ticket id", seed);
         let mut id = [0u8; TICKET_ID_LEN];
         id.copy_from_slice(&id_full[..TICKET_ID_LEN]);
-        Ticket { id, secret, expires }
+        Ticket { id, secret: *seed, expires }
     }
 }
 
@@ -111,6 +112,17 @@ mod tests {
 
     fn node(b: u8) -> NodeId {
         NodeId([b; 32])
+    }
+
+    #[test]
+    fn derivation_matches_the_spec_example() {
+        // SPEC.md §14.2: a resumption seed of 32 zero bytes.
+        let t = Ticket::derive(&[0; 32], Instant::ZERO);
+        assert_eq!(t.secret, [0; 32]);
+        assert_eq!(
+            t.id,
+            [0xb2, 0x5f, 0x58, 0x9e, 0x9e, 0x3b, 0x71, 0x89, 0x40, 0x85, 0xb3, 0x8f, 0x56, 0x2c, 0x53, 0x94]
+        );
     }
 
     #[test]

@@ -29,6 +29,24 @@ struct Partial {
     buf: BytesMut,
 }
 
+/// Everything a session keeps per channel (the send queues aside, which
+/// the scheduler owns).
+struct Channel {
+    /// The negotiated protocol.
+    shared: SharedProtocol,
+    /// Traffic counters.
+    stats: ProtocolMetrics,
+    /// The message being reassembled.
+    partial: Option<Partial>,
+    /// The buffer of the channel's last reassembled message and its size:
+    /// once the application drops that message, its allocation is reused.
+    spare: Option<(BytesMut, usize)>,
+    /// Credit the peer granted for sending on this channel.
+    credit: SendCredit,
+    /// What the peer may still send on this channel.
+    window: ReceiveWindow,
+}
+
 /// What the peer's hello says about sending to it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerLimits {
@@ -61,8 +79,8 @@ pub(crate) struct Session {
     send: CipherState,
     recv: CipherState,
     pub(crate) peer: NodeId,
-    /// Shared protocols; channel `c` is at index `c - 1`.
-    channels: Vec<SharedProtocol>,
+    /// Per-channel state; channel `c` is at index `c - 1`.
+    channels: Vec<Channel>,
     /// Channel of each local protocol (0: not shared).
     channel_of: Vec<u32>,
     /// Largest message the peer accepts.
@@ -70,26 +88,14 @@ pub(crate) struct Session {
     /// Most payload bytes queued on one channel (`Config::max_queued_per_protocol`).
     max_queued_per_protocol: usize,
     scheduler: Scheduler,
-    /// Credit the peer granted each channel (index = channel - 1).
-    send_credit: Vec<SendCredit>,
-    /// What each channel's sender may still send to us.
-    windows: Vec<ReceiveWindow>,
     /// Some window has consumed credit to return.
     updates_due: bool,
     /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
     control: VecDeque<Control>,
-    /// Counters per channel (index = channel - 1).
-    stats: Vec<ProtocolMetrics>,
-    /// In-progress messages, indexed by channel - 1.
-    reassembly: Vec<Option<Partial>>,
-    /// Bytes reserved by `reassembly`.
+    /// Bytes reserved by the channels' partial messages.
     reassembly_bytes: usize,
-    /// The buffer of the last reassembled message of each channel (index
-    /// = channel - 1) and its size: once the application drops that
-    /// message, its allocation is reused for the channel's next one.
-    spare: Vec<Option<(BytesMut, usize)>>,
-    /// Bytes of the buffers kept in `spare`: with `reassembly_bytes`,
+    /// Bytes of the channels' spare buffers: with `reassembly_bytes`,
     /// within `max_reassembly_per_peer`.
     spare_bytes: usize,
     next_ping: Instant,
@@ -119,15 +125,19 @@ impl Session {
         for c in &channels {
             channel_of[c.id.0 as usize] = c.channel;
         }
-        let n = channels.len();
-        let stats = channels
-            .iter()
-            .map(|c| ProtocolMetrics { protocol: c.id, ..ProtocolMetrics::default() })
-            .collect();
         let weights = channels.iter().map(|c| config.protocols.get(c.id.0 as usize).map_or(1, |p| p.weight));
         let scheduler = Scheduler::new(weights, config.scheduler_quantum, config.priority_message_size);
-        let mut reassembly = Vec::with_capacity(n);
-        reassembly.resize_with(n, || None);
+        let channels = channels
+            .into_iter()
+            .map(|shared| Channel {
+                shared,
+                stats: ProtocolMetrics { protocol: shared.id, ..ProtocolMetrics::default() },
+                partial: None,
+                spare: None,
+                credit: SendCredit::new(limits.receive_window),
+                window: ReceiveWindow::new(config.receive_window),
+            })
+            .collect();
         Session {
             send,
             recv,
@@ -137,15 +147,10 @@ impl Session {
             peer_max_message: limits.max_message,
             max_queued_per_protocol: config.max_queued_per_protocol,
             scheduler,
-            send_credit: alloc::vec![SendCredit::new(limits.receive_window); n],
-            windows: alloc::vec![ReceiveWindow::new(config.receive_window); n],
             updates_due: false,
-            stats,
             queued_bytes: 0,
             control: VecDeque::new(),
-            reassembly,
             reassembly_bytes: 0,
-            spare: alloc::vec![None; n],
             spare_bytes: 0,
             next_ping: now + config.keepalive_interval,
             ping_outstanding: None,
@@ -160,7 +165,7 @@ impl Session {
 
     /// The shared protocols in channel order.
     pub(crate) fn protocols(&self) -> Vec<ProtocolId> {
-        self.channels.iter().map(|c| c.id).collect()
+        self.channels.iter().map(|c| c.shared.id).collect()
     }
 
     /// The last measured round-trip time.
@@ -180,7 +185,7 @@ impl Session {
         if channel == 0 {
             return Err((E::ProtocolNotShared, payload));
         }
-        if msg_type >= self.channels[channel as usize - 1].message_count {
+        if msg_type >= self.channels[channel as usize - 1].shared.message_count {
             return Err((E::UnknownMessageType, payload));
         }
         if payload.len() as u64 > self.peer_max_message {
@@ -207,16 +212,16 @@ impl Session {
             || self.updates_due
             || self.cover_pending
             || (!self.scheduler.is_empty()
-                && self.scheduler.has_ready(|i, len| self.send_credit[i].can_start(flow::cost(len))))
+                && self.scheduler.has_ready(|i, len| self.channels[i].credit.can_start(flow::cost(len))))
     }
 
     /// The application consumed `messages` messages with `bytes` payload
     /// bytes in all on `protocol`: their credit may go back to the peer.
     pub(crate) fn consume(&mut self, protocol: ProtocolId, messages: u64, bytes: u64) {
         let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
-        if let Some(w) = (channel as usize).checked_sub(1).and_then(|i| self.windows.get_mut(i)) {
+        if let Some(c) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get_mut(i)) {
             let cost = bytes.saturating_add(messages.saturating_mul(flow::MESSAGE_OVERHEAD));
-            self.updates_due |= w.consume(cost);
+            self.updates_due |= c.window.consume(cost);
         }
     }
 
@@ -304,9 +309,9 @@ impl Session {
             // the scheduler chooses. A record carrying a priority message
             // is not filled up with bulk data: it is sent at once, small.
             let mut urgent = false;
-            let credit = &mut self.send_credit;
+            let channels = &mut self.channels;
             while let Some((idx, allowance)) =
-                self.scheduler.next(|i, len| credit[i].can_start(flow::cost(len)))
+                self.scheduler.next(|i, len| channels[i].credit.can_start(flow::cost(len)))
             {
                 let priority = allowance == usize::MAX;
                 if urgent && !priority {
@@ -328,7 +333,7 @@ impl Session {
                 let take = remaining.min(space - worst).min(allowance);
                 let last = take == remaining;
                 if st.is_some() {
-                    credit[idx].charge(flow::cost(m.payload.len()));
+                    channels[idx].credit.charge(flow::cost(m.payload.len()));
                 }
                 let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
                 let at = buf.len();
@@ -336,7 +341,7 @@ impl Session {
                 chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
                 buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
                 dequeued += take;
-                let st = &mut self.stats[idx];
+                let st = &mut channels[idx].stats;
                 st.bytes_out += take as u64;
                 st.messages_out += u64::from(last);
                 self.scheduler.advance(idx, take);
@@ -380,7 +385,7 @@ impl Session {
     fn write_updates(&mut self, buf: &mut Vec<u8>, limit: usize) {
         /// Longest update chunk: tag, body length, two 8-byte varints.
         const MAX_UPDATE: usize = 18;
-        for (i, w) in self.windows.iter_mut().enumerate() {
+        for (i, w) in self.channels.iter_mut().map(|c| &mut c.window).enumerate() {
             if buf.len() + MAX_UPDATE > limit {
                 return; // the rest goes in the next record
             }
@@ -427,7 +432,8 @@ impl Session {
                     let credit = usize::try_from(channel)
                         .ok()
                         .and_then(|c| c.checked_sub(1))
-                        .and_then(|i| self.send_credit.get_mut(i))
+                        .and_then(|i| self.channels.get_mut(i))
+                        .map(|c| &mut c.credit)
                         .ok_or(DisconnectReason::UnknownMessageType)?;
                     credit.grant(inc).map_err(|_| DisconnectReason::FlowControlViolation)?;
                     continue;
@@ -491,8 +497,9 @@ impl Session {
         events: &mut VecDeque<Event>,
     ) -> Result<(), DisconnectReason> {
         let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
-        let shared = *self.channels.get(idx).ok_or(DisconnectReason::UnknownMessageType)?;
-        let slot = &mut self.reassembly[idx];
+        let ch = self.channels.get_mut(idx).ok_or(DisconnectReason::UnknownMessageType)?;
+        let shared = ch.shared;
+        let slot = &mut ch.partial;
         let partial = match (start, slot.take()) {
             (Some(_), Some(_)) | (None, None) => return Err(DisconnectReason::ProtocolViolation),
             (None, Some(p)) => p,
@@ -504,7 +511,8 @@ impl Session {
                     return Err(DisconnectReason::MessageTooLarge);
                 }
                 let total = st.total_len as usize;
-                self.windows[idx]
+                self.channels[idx]
+                    .window
                     .admit(flow::cost(total))
                     .map_err(|_| DisconnectReason::FlowControlViolation)?;
                 let msg_type = st.msg_type as u32;
@@ -512,7 +520,7 @@ impl Session {
                     if data.len() != total {
                         return Err(DisconnectReason::ProtocolViolation);
                     }
-                    let st = &mut self.stats[idx];
+                    let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
                     events.push_back(Event::Message {
@@ -528,11 +536,11 @@ impl Session {
                 }
                 if self.reassembly_bytes + self.spare_bytes + total > config.max_reassembly_per_peer {
                     // Buffers in use come first: the kept ones go.
-                    self.spare.iter_mut().for_each(|s| *s = None);
+                    self.channels.iter_mut().for_each(|c| c.spare = None);
                     self.spare_bytes = 0;
                 }
                 self.reassembly_bytes += total;
-                let mut buf = match self.spare[idx].take() {
+                let mut buf = match self.channels[idx].spare.take() {
                     Some((buf, size)) => {
                         self.spare_bytes -= size;
                         buf
@@ -554,14 +562,14 @@ impl Session {
                 return Err(DisconnectReason::ProtocolViolation);
             }
             self.reassembly_bytes -= p.total;
-            let st = &mut self.stats[idx];
+            let st = &mut self.channels[idx].stats;
             st.messages_in += 1;
             st.bytes_in += p.total as u64;
             let payload = p.buf.split().freeze();
             // Kept for reuse only within the reassembly budget.
             if self.reassembly_bytes + self.spare_bytes + p.total <= config.max_reassembly_per_peer {
                 self.spare_bytes += p.total;
-                self.spare[idx] = Some((p.buf, p.total));
+                self.channels[idx].spare = Some((p.buf, p.total));
             }
             events.push_back(Event::Message {
                 peer: self.peer,
@@ -570,7 +578,7 @@ impl Session {
                 payload,
             });
         } else {
-            self.reassembly[idx] = Some(p);
+            self.channels[idx].partial = Some(p);
         }
         Ok(())
     }
@@ -613,17 +621,17 @@ impl Session {
     /// A snapshot of the per-protocol counters and queue depths.
     pub(crate) fn metrics(&self) -> PeerMetrics {
         let protocols = self
-            .stats
+            .channels
             .iter()
             .enumerate()
-            .map(|(i, st)| {
+            .map(|(i, c)| {
                 let (queued_messages, queued_bytes) = self.scheduler.depth(i);
                 ProtocolMetrics {
                     queued_messages,
                     queued_bytes,
-                    send_credit: self.send_credit[i].available(),
-                    unconsumed: self.windows[i].unconsumed(),
-                    ..*st
+                    send_credit: c.credit.available(),
+                    unconsumed: c.window.unconsumed(),
+                    ..c.stats
                 }
             })
             .collect();
@@ -814,8 +822,8 @@ mod tests {
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
         assert_eq!(s.scheduler.depth(0), (1, 400), "two fit in 1000 bytes of credit");
         assert!(!s.has_output(), "nothing to write until credit comes back");
-        assert_eq!(s.send_credit[0].available(), 1000 - 2 * 416);
-        s.send_credit[0].grant(416).unwrap();
+        assert_eq!(s.channels[0].credit.available(), 1000 - 2 * 416);
+        s.channels[0].credit.grant(416).unwrap();
         assert!(s.has_output());
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
         assert_eq!(s.scheduler.depth(0), (0, 0));
