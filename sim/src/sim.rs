@@ -2,7 +2,7 @@
 //! the virtual clock.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use devp2p_core::rand_core::RngCore;
@@ -83,6 +83,11 @@ struct Host {
     timer: Option<Instant>,
     events: Vec<Event>,
     datagrams: Vec<(HostId, Vec<u8>)>,
+    /// Protocols whose application does not consume (see [`Sim::stall_consumer`]).
+    stalled: BTreeSet<u16>,
+    /// Messages delivered on stalled protocols and not consumed yet:
+    /// (peer, protocol, payload length).
+    unconsumed: Vec<(NodeId, ProtocolId, usize)>,
 }
 
 #[derive(Clone, Copy)]
@@ -249,6 +254,8 @@ impl Sim {
             timer: None,
             events: Vec::new(),
             datagrams: Vec::new(),
+            stalled: BTreeSet::new(),
+            unconsumed: Vec::new(),
         };
         h.node = Some(self.make_node(&h.key));
         self.by_id.insert(h.key.node_id(), self.hosts.len());
@@ -258,7 +265,37 @@ impl Sim {
 
     fn make_node(&mut self, key: &Keypair) -> Node {
         let rng = self.rng.fork();
-        Node::new(self.config.node.clone(), key.clone(), Box::new(rng), self.now).expect("valid sim config")
+        // The simulated application says when it consumed a message.
+        let mut config = self.config.node.clone();
+        config.manual_consume = true;
+        Node::new(config, key.clone(), Box::new(rng), self.now).expect("valid sim config")
+    }
+
+    /// The application of host `h` stops consuming messages of `protocol`
+    /// (they are delivered, and held): flow control stops their senders.
+    pub fn stall_consumer(&mut self, h: HostId, protocol: u16) {
+        self.hosts[h.0].stalled.insert(protocol);
+    }
+
+    /// The application of host `h` consumes `protocol`'s messages again,
+    /// starting with those it held.
+    pub fn resume_consumer(&mut self, h: HostId, protocol: u16) {
+        let host = &mut self.hosts[h.0];
+        host.stalled.remove(&protocol);
+        let (held, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut host.unconsumed).into_iter().partition(|m| m.1 == ProtocolId(protocol));
+        host.unconsumed = keep;
+        if let Some(node) = host.node.as_mut() {
+            for (peer, p, len) in held {
+                node.consume(&peer, p, 1, len as u64);
+            }
+        }
+        self.flush(h.0);
+    }
+
+    /// Messages host `h` holds unconsumed on stalled protocols.
+    pub fn unconsumed(&self, h: HostId) -> usize {
+        self.hosts[h.0].unconsumed.len()
     }
 
     /// Number of hosts.
@@ -442,6 +479,7 @@ impl Sim {
     pub fn crash(&mut self, h: HostId) {
         let host = &mut self.hosts[h.0];
         let Some(node) = host.node.take() else { return };
+        host.unconsumed.clear();
         host.saved_tickets = if self.config.persist_tickets { node.export_tickets() } else { Vec::new() };
         let old_epoch = host.epoch;
         host.epoch += 1;
@@ -835,9 +873,15 @@ impl Sim {
                 }
                 1
             }
-            Event::Message { payload, .. } => {
+            Event::Message { peer, protocol, payload, .. } => {
                 self.ledger.delivered(h as u64, payload, self.now.as_nanos());
                 self.trace.bytes(payload);
+                let host = &mut self.hosts[h];
+                if host.stalled.contains(&protocol.0) {
+                    host.unconsumed.push((*peer, *protocol, payload.len()));
+                } else if let Some(node) = host.node.as_mut() {
+                    node.consume(peer, *protocol, 1, payload.len() as u64);
+                }
                 2
             }
             Event::PeerDisconnected { peer, unsent, .. } => {
@@ -881,6 +925,16 @@ impl Sim {
                 }
                 if conns > c.max_connections {
                     return Err(format!("host {i} has {conns} connections"));
+                }
+                // Flow control: what a peer may leave unconsumed per protocol.
+                let window = c.receive_window.max(c.max_message_size + devp2p_core::MESSAGE_OVERHEAD);
+                for m in n.metrics() {
+                    if let Some(p) = m.protocols.iter().find(|p| p.unconsumed > window) {
+                        return Err(format!(
+                            "host {i} holds {} unconsumed bytes of {:?} from one peer, over {window}",
+                            p.unconsumed, p.protocol
+                        ));
+                    }
                 }
             }
         }

@@ -1,0 +1,64 @@
+#!/bin/sh
+# devp2p beside rust-libp2p and this machine's raw limits, in one run.
+#
+#   scripts/compare-libp2p.sh [ROUNDS]      (default 3)
+#
+# Builds `devp2p` (release), ../shared/peers/libp2p-bench and
+# ../shared/peers/limits (in $PEERS_TARGET, default /tmp/devp2p-peers-target,
+# outside the project's target dir), then runs every workload ROUNDS times,
+# interleaved (devp2p, libp2p, raw limits, next round), printing each result
+# as one JSON line, and finally the medians and the ratios devp2p/libp2p.
+set -eu
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+PEERS=${PEERS:-../shared/peers}
+PEERS_TARGET=${PEERS_TARGET:-/tmp/devp2p-peers-target}
+OUT=${OUT:-$(mktemp /tmp/devp2p-compare.XXXXXX)}
+
+cargo build --release --bin devp2p >&2
+(cd "$PEERS/libp2p-bench" && CARGO_TARGET_DIR="$PEERS_TARGET/libp2p" cargo build --release --locked >&2)
+(cd "$PEERS/limits" && CARGO_TARGET_DIR="$PEERS_TARGET/limits" cargo build --release --locked >&2)
+D=target/release/devp2p
+L=$PEERS_TARGET/libp2p/release/libp2p-bench
+R=$PEERS_TARGET/limits/release/perf_limits
+
+: > "$OUT"
+for round in $(seq "$ROUNDS"); do
+  for w in bulk bulk8 msgs rtt conns; do
+    $D bench --only "$w" 2>/dev/null | sed 's/^{/{"impl":"devp2p",/' | tee -a "$OUT"
+  done
+  for w in bulk msgs rtt handshakes; do
+    $L "$w" 2>/dev/null | tee -a "$OUT"
+  done
+  # Raw limits: naively sealed TCP (16 KiB ChaCha20-Poly1305 frames) and
+  # plain TCP ping-pong, tokio with 2 workers.
+  $R net 2>/dev/null | awk '
+    /^enc tcp bulk/ { print "{\"impl\":\"raw\",\"bench\":\"sealed_tcp\",\"mb_per_sec\":" $9 "}" }
+    /^tcp ping-pong/ { print "{\"impl\":\"raw\",\"bench\":\"tcp_pingpong\",\"p50_us\":" $8 ",\"p99_us\":" $11 "}" }
+  ' | tee -a "$OUT"
+  echo "round $round done" >&2
+done
+
+python3 - "$OUT" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def med(impl, bench, key, **f):
+    v = [r[key] for r in rows if r.get("impl") == impl and r.get("bench") == bench
+         and all(r.get(k) == x for k, x in f.items())]
+    return statistics.median(v) if v else float("nan")
+d_bulk, l_bulk = med("devp2p", "bulk", "mb_per_sec", protocols=1), med("rust-libp2p", "bulk", "mb_per_s")
+d_bulk8 = med("devp2p", "bulk", "mb_per_sec", protocols=8)
+sealed = med("raw", "sealed_tcp", "mb_per_sec")
+d_msgs, l_msgs = med("devp2p", "msgs", "msgs_per_sec"), med("rust-libp2p", "msgs", "msgs_per_s")
+d50, d99 = med("devp2p", "rtt", "p50_us"), med("devp2p", "rtt", "p99_us")
+l50, l99 = med("rust-libp2p", "rtt", "p50_us"), med("rust-libp2p", "rtt", "p99_us")
+r50, r99 = med("raw", "tcp_pingpong", "p50_us"), med("raw", "tcp_pingpong", "p99_us")
+d_conn, l_conn = med("devp2p", "conns", "per_sec"), med("rust-libp2p", "handshakes", "conns_per_s")
+print(json.dumps({"summary": "medians", "rounds": len([r for r in rows if r.get("bench") == "conns"]),
+    "bulk_mb_s": {"devp2p": d_bulk, "libp2p": l_bulk, "sealed_tcp": sealed,
+                  "ratio_to_libp2p": round(d_bulk / l_bulk, 2), "ratio_to_sealed_tcp": round(d_bulk / sealed, 2)},
+    "bulk_8_protocols_mb_s": {"devp2p": d_bulk8, "ratio_to_1_protocol": round(d_bulk8 / d_bulk, 3)},
+    "msgs_per_s": {"devp2p": d_msgs, "libp2p": l_msgs, "ratio": round(d_msgs / l_msgs, 2)},
+    "rtt_us": {"devp2p": [d50, d99], "libp2p": [l50, l99], "raw_tcp_pingpong": [r50, r99]},
+    "conns_per_s": {"devp2p": d_conn, "libp2p": l_conn, "ratio": round(d_conn / l_conn, 2)}}))
+EOF
