@@ -9,6 +9,8 @@ use alloc::sync::Arc;
 use std::sync::Mutex;
 
 use crate::event::{Event, Message};
+use crate::identity::NodeId;
+use crate::protocol::ProtocolId;
 use crate::waiters::Consumed;
 
 /// Notes are handed over at this flow-control cost, or before the reader waits.
@@ -40,39 +42,66 @@ impl CreditShared {
     }
 }
 
+/// Consecutive messages from one peer on one protocol, counted without a
+/// map lookup each.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    peer: NodeId,
+    protocol: ProtocolId,
+    messages: u64,
+    bytes: u64,
+}
+
 /// One reader's notes, handed over in batches (and when dropped).
 #[derive(Debug)]
 pub struct Taken {
     local: Consumed,
+    run: Option<Run>,
     shared: Arc<CreditShared>,
 }
 
 impl Taken {
     /// A reader of `shared`.
     pub fn new(shared: Arc<CreditShared>) -> Self {
-        Taken { local: Consumed::default(), shared }
+        Taken { local: Consumed::default(), run: None, shared }
     }
 
     /// Notes an event the application took.
     pub fn event(&mut self, ev: &Event) {
-        self.local.add_event(ev);
-        self.flush_if_due();
+        if let Event::Message { peer, protocol, payload, .. } = ev {
+            self.note(*peer, *protocol, payload.len());
+        }
     }
 
     /// Notes a message the application took.
     pub fn message(&mut self, m: &Message) {
-        self.local.add(m.peer, m.protocol, m.payload.len());
-        self.flush_if_due();
+        self.note(m.peer, m.protocol, m.payload.len());
     }
 
-    fn flush_if_due(&mut self) {
-        if self.local.pending() >= FLUSH_AT {
+    fn note(&mut self, peer: NodeId, protocol: ProtocolId, len: usize) {
+        match &mut self.run {
+            Some(r) if r.peer == peer && r.protocol == protocol => {
+                r.messages += 1;
+                r.bytes += len as u64;
+            }
+            run => {
+                if let Some(r) = run.take() {
+                    self.local.add_many(r.peer, r.protocol, r.messages, r.bytes);
+                }
+                *run = Some(Run { peer, protocol, messages: 1, bytes: len as u64 });
+            }
+        }
+        let run_cost = self.run.map_or(0, |r| r.bytes + r.messages * crate::MESSAGE_OVERHEAD);
+        if self.local.pending() + run_cost >= FLUSH_AT {
             self.flush();
         }
     }
 
     /// Hands the notes to the driver (call before the reader waits).
     pub fn flush(&mut self) {
+        if let Some(r) = self.run.take() {
+            self.local.add_many(r.peer, r.protocol, r.messages, r.bytes);
+        }
         if self.local.is_empty() {
             return;
         }

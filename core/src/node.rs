@@ -391,23 +391,45 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), (SendError, Bytes)> {
+        let mut one = VecDeque::from([(msg_type, payload)]);
+        match self.send_queue(peer, protocol, &mut one) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e, one.pop_front().map_or_else(Bytes::new, |m| m.1))),
+        }
+    }
+
+    /// Queues `msgs` for `peer` in order, taking them from the front, until
+    /// all are queued or one is refused (it stays at the front). The peer
+    /// is looked up once for the whole batch.
+    pub(crate) fn send_queue(
+        &mut self,
+        peer: &NodeId,
+        protocol: ProtocolId,
+        msgs: &mut VecDeque<(u32, Bytes)>,
+    ) -> Result<(), SendError> {
         let Some(conn) = self.peers.get(peer).and_then(|id| self.connections.get_mut(id)) else {
-            return Err((SendError::NotConnected, payload));
+            return Err(SendError::NotConnected);
         };
         let Phase::Established { session, .. } = &mut conn.phase else {
-            return Err((SendError::NotConnected, payload));
+            return Err(SendError::NotConnected);
         };
         if conn.closing.is_some() {
-            return Err((SendError::NotConnected, payload));
+            return Err(SendError::NotConnected);
         }
-        let len = payload.len();
-        if (session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer)
-            || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
-        {
-            return Err((SendError::QueueFull, payload));
+        while let Some((msg_type, payload)) = msgs.pop_front() {
+            let len = payload.len();
+            if (session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer)
+                || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
+            {
+                msgs.push_front((msg_type, payload));
+                return Err(SendError::QueueFull);
+            }
+            if let Err((e, payload)) = session.queue_message(protocol, msg_type, payload) {
+                msgs.push_front((msg_type, payload));
+                return Err(e);
+            }
+            self.queued_total += len;
         }
-        session.queue_message(protocol, msg_type, payload)?;
-        self.queued_total += len;
         Ok(())
     }
 

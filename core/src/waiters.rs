@@ -29,10 +29,15 @@ pub struct Consumed {
 impl Consumed {
     /// Notes that the application took a message of `len` payload bytes.
     pub fn add(&mut self, peer: NodeId, protocol: ProtocolId, len: usize) {
+        self.add_many(peer, protocol, 1, len as u64);
+    }
+
+    /// Notes `messages` messages with `bytes` payload bytes in all.
+    pub fn add_many(&mut self, peer: NodeId, protocol: ProtocolId, messages: u64, bytes: u64) {
         let e = self.taken.entry((peer, protocol)).or_default();
-        e.0 += 1;
-        e.1 += len as u64;
-        self.bytes += len as u64 + crate::MESSAGE_OVERHEAD;
+        e.0 += messages;
+        e.1 += bytes;
+        self.bytes += bytes + messages * crate::MESSAGE_OVERHEAD;
     }
 
     /// Notes the message an event carries, if it carries one.
@@ -103,20 +108,11 @@ impl<R> PendingSend<R> {
     /// Queues as many messages as the node takes. `None`: some wait for
     /// queue space; otherwise the batch's result.
     fn push(&mut self, node: &mut Node) -> Option<Result<(), BatchError>> {
-        while let Some((t, payload)) = self.msgs.pop_front() {
-            match node.send_or_return(&self.peer, self.protocol, t, payload) {
-                Ok(()) => {}
-                Err((SendError::QueueFull, payload)) => {
-                    self.msgs.push_front((t, payload));
-                    return None;
-                }
-                Err((error, payload)) => {
-                    self.msgs.push_front((t, payload));
-                    return Some(Err(BatchError { error, unsent: self.msgs.drain(..).collect() }));
-                }
-            }
+        match node.send_queue(&self.peer, self.protocol, &mut self.msgs) {
+            Ok(()) => Some(Ok(())),
+            Err(SendError::QueueFull) => None,
+            Err(error) => Some(Err(BatchError { error, unsent: self.msgs.drain(..).collect() })),
         }
-        Some(Ok(()))
     }
 }
 
