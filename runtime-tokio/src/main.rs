@@ -121,20 +121,29 @@ async fn bench(
 ) -> Result<(), String> {
     use devp2p_tokio::bench;
     let run = |name: &str| only.is_none_or(|o| o == name);
+    // Each workload runs as a task on the runtime's workers, as an
+    // application would (`main` itself runs outside the worker pool).
+    async fn spawned(
+        f: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
+    ) -> Result<(), String> {
+        let line = tokio::spawn(f).await.map_err(|e| e.to_string())??;
+        println!("{line}");
+        Ok(())
+    }
     if run("bulk") {
-        println!("{}", bench::bulk(bulk, 1).await?);
+        spawned(bench::bulk(bulk, 1)).await?;
     }
     if run("bulk8") {
-        println!("{}", bench::bulk(bulk, 8).await?);
+        spawned(bench::bulk(bulk, 8)).await?;
     }
     if run("msgs") {
-        println!("{}", bench::messages(messages, batch).await?);
+        spawned(bench::messages(messages, batch)).await?;
     }
     if run("rtt") {
-        println!("{}", bench::rtt(rounds).await?);
+        spawned(bench::rtt(rounds)).await?;
     }
     if run("conns") {
-        println!("{}", bench::connections(connections).await?);
+        spawned(bench::connections(connections)).await?;
     }
     Ok(())
 }
