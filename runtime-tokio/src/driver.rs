@@ -4,21 +4,25 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
     BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message,
     NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::handle::DialError;
+use crate::ready::{ConnWaker, ReadyQueue};
 
 /// Bytes read from a socket per input.
 const READ_CHUNK: usize = 64 << 10;
+
+/// Reads from one socket before the driver turns to other work.
+const READS_PER_TURN: usize = 4;
 
 /// A command from a [`Node`](crate::Node) handle.
 pub(crate) enum Command {
@@ -66,15 +70,19 @@ pub(crate) enum Command {
 enum Input {
     Accepted(TcpStream),
     Connected { stream: TcpStream, target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, DialError>> },
-    Data(ConnectionId, Vec<u8>),
+    /// A write failed.
     Eof(ConnectionId),
     Written(ConnectionId, Vec<u8>),
 }
 
 struct ConnIo {
+    /// Read by the driver, written by the writer task.
+    stream: Arc<TcpStream>,
+    /// Queues this connection when its socket becomes readable.
+    ready: Arc<ConnWaker>,
+    waker: Waker,
     writer: mpsc::UnboundedSender<Vec<u8>>,
     writer_task: JoinHandle<()>,
-    reader: JoinHandle<()>,
 }
 
 /// How long a closed connection's writer may take to flush its last bytes.
@@ -107,6 +115,9 @@ pub(crate) struct Driver {
     credit_rx: mpsc::Receiver<()>,
     /// Messages nobody will read (their stream is gone): consumed here.
     discarded: Consumed,
+    /// Connections whose sockets became readable.
+    ready: Arc<ReadyQueue>,
+    read_buf: Vec<u8>,
 }
 
 impl Driver {
@@ -160,6 +171,8 @@ impl Driver {
             credit,
             credit_rx,
             discarded: Consumed::default(),
+            ready: Arc::default(),
+            read_buf: Vec::with_capacity(READ_CHUNK),
         }
     }
 
@@ -191,6 +204,8 @@ impl Driver {
             };
             let backlog = !self.backlog.is_empty();
             let events = self.events.clone();
+            let ready = self.ready.clone();
+            let mut readable = Vec::new();
             tokio::select! {
                 biased;
                 () = sleep => {
@@ -208,7 +223,7 @@ impl Driver {
                         self.offer_events();
                     }
                     // Nobody listens any more.
-                    Err(_) => self.backlog.clear(),
+                    Err(_) => self.discard_backlog(),
                 },
                 // The shared ledger holds the sender: this never ends.
                 Some(()) = self.credit_rx.recv() => {
@@ -221,7 +236,10 @@ impl Driver {
                         self.begin_shutdown();
                     }
                 },
-                input = self.input_rx.recv(), if !backlog => {
+                () = std::future::poll_fn(|cx| ready.poll_take(cx, &mut readable)), if !backlog => {
+                    self.read_sockets(&readable);
+                }
+                input = self.input_rx.recv() => {
                     // The driver holds a sender, so the channel never closes.
                     if let Some(input) = input {
                         self.handle_input(input);
@@ -247,9 +265,7 @@ impl Driver {
         for l in &self.listeners {
             l.abort();
         }
-        for (_, io) in self.conns.drain() {
-            io.reader.abort();
-        }
+        self.conns.clear();
         for s in self.shutdown.drain(..) {
             let _ = s.send(());
         }
@@ -265,11 +281,60 @@ impl Driver {
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(ev)) => {
-                    // Nobody reads events any more: what they carry is discarded.
-                    self.discarded.add_event(&ev);
-                    self.backlog.drain(..).for_each(|ev| self.discarded.add_event(&ev));
-                    self.discarded.apply(&mut self.core);
+                    self.backlog.push_front(ev);
+                    self.discard_backlog();
                     return;
+                }
+            }
+        }
+    }
+
+    /// Nobody reads events any more: their messages count as consumed.
+    fn discard_backlog(&mut self) {
+        self.backlog.drain(..).for_each(|ev| self.discarded.add_event(&ev));
+        self.discarded.apply(&mut self.core);
+    }
+
+    /// Reads the sockets that became readable and feeds the core, a few
+    /// reads per socket per turn (a busy socket is queued again).
+    fn read_sockets(&mut self, ids: &[ConnectionId]) {
+        for &id in ids {
+            let Some(io) = self.conns.get(&id) else { continue };
+            io.ready.taken();
+            let (stream, ready, waker) = (io.stream.clone(), io.ready.clone(), io.waker.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut reads = 0;
+            loop {
+                match stream.poll_read_ready(&mut cx) {
+                    // The waker is registered: it queues the socket again.
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        self.core.handle_close(id, self.now());
+                        break;
+                    }
+                }
+                self.read_buf.clear();
+                match stream.try_read_buf(&mut self.read_buf) {
+                    Ok(0) => {
+                        self.core.handle_close(id, self.now());
+                        break;
+                    }
+                    Ok(_) => {
+                        let now = self.now();
+                        self.core.handle_input(id, &mut self.read_buf, now);
+                        reads += 1;
+                        if reads == READS_PER_TURN {
+                            std::task::Wake::wake_by_ref(&ready);
+                            break;
+                        }
+                    }
+                    // Readiness was stale; polling again registers the waker.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        self.core.handle_close(id, self.now());
+                        break;
+                    }
                 }
             }
         }
@@ -339,12 +404,12 @@ impl Driver {
 
     fn register(&mut self, stream: TcpStream, id: ConnectionId) {
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let stream = Arc::new(stream);
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let tx = self.input_tx.clone();
+        let (tx, ws) = (self.input_tx.clone(), stream.clone());
         let writer_task = tokio::spawn(async move {
             while let Some(buf) = wrx.recv().await {
-                if let Err(e) = wr.write_all(&buf).await {
+                if let Err(e) = write_all(&ws, &buf).await {
                     tracing::debug!(conn = %id, error = %e, "write failed");
                     let _ = tx.send(Input::Eof(id)).await;
                     return;
@@ -353,26 +418,11 @@ impl Driver {
                     return;
                 }
             }
-            let _ = wr.shutdown().await;
         });
-        let tx = self.input_tx.clone();
-        let reader = tokio::spawn(async move {
-            loop {
-                let mut buf = Vec::with_capacity(READ_CHUNK);
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = tx.send(Input::Eof(id)).await;
-                        return;
-                    }
-                    Ok(_) => {
-                        if tx.send(Input::Data(id, buf)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        self.conns.insert(id, ConnIo { writer: wtx, writer_task, reader });
+        let (ready, waker) = self.ready.waker(id);
+        // Poll the socket once, which registers its waker.
+        std::task::Wake::wake_by_ref(&ready);
+        self.conns.insert(id, ConnIo { stream, ready, waker, writer: wtx, writer_task });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -399,7 +449,6 @@ impl Driver {
                     }
                 }
             }
-            Input::Data(id, mut buf) => self.core.handle_input(id, &mut buf, now),
             Input::Eof(id) => self.core.handle_close(id, now),
             Input::Written(id, mut buf) => {
                 self.core.handle_written(id, now);
@@ -459,7 +508,6 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
 
     fn close(&mut self, id: ConnectionId) {
         if let Some(io) = self.conns.remove(&id) {
-            io.reader.abort();
             // The writer finishes what it was given, within a grace period:
             // a peer that never reads cannot pin the socket.
             let mut writer = io.writer_task;
@@ -519,4 +567,17 @@ impl From<io::Error> for DialError {
     fn from(e: io::Error) -> Self {
         DialError::Io(e)
     }
+}
+
+/// Writes all of `buf`, waiting for the socket to have room.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

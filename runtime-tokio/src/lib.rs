@@ -30,6 +30,7 @@ pub struct ReadmeDoctests;
 
 mod driver;
 mod handle;
+mod ready;
 
 pub mod bench;
 pub mod demo;
