@@ -69,7 +69,11 @@ pub(crate) enum Command {
 /// Something that happened on a socket.
 enum Input {
     Accepted(TcpStream),
-    Connected { stream: TcpStream, target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, DialError>> },
+    Connected {
+        stream: TcpStream,
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, DialError>>,
+    },
     /// A write failed.
     Eof(ConnectionId),
     Written(ConnectionId, Vec<u8>),

@@ -153,6 +153,19 @@ impl AnyNode {
         }
     }
 
+    /// Sends a batch to one peer on one protocol, in order.
+    pub async fn send_batch(
+        &self,
+        peer: NodeId,
+        p: ProtocolId,
+        msgs: Vec<(u32, Bytes)>,
+    ) -> Result<(), devp2p_core::BatchError> {
+        match self {
+            AnyNode::Tokio(n) => n.send_batch(peer, p, msgs).await,
+            AnyNode::Smol(n) => n.send_batch(peer, p, msgs).await,
+        }
+    }
+
     /// A stream of its own for `protocol`'s messages.
     pub async fn messages(&self, protocol: ProtocolId) -> AnyMessages {
         match self {

@@ -417,3 +417,57 @@ async fn a_stalled_protocol_holds_up_no_other_tokio_smol() {
 async fn a_stalled_protocol_holds_up_no_other_smol_tokio() {
     a_stalled_protocol_holds_up_no_other(Runtime::Smol, Runtime::Tokio).await;
 }
+
+/// `send_batch` delivers every message in order across runtimes, waits for
+/// queue space, and hands back what the peer refuses; a dropped message
+/// stream sends later messages of its protocol to `Events`.
+async fn batches_and_streams(ra: Runtime, rb: Runtime) {
+    let (a, _ea) = spawn_on(ra, "127.0.0.1:0", None).await;
+    let (b, mut eb) = spawn_on(rb, "127.0.0.1:0", None).await;
+    let mut chat = b.messages(ProtocolId(0)).await;
+    let pb = a.dial(b.peer_addr()).await.expect("dial");
+    // 20,000 small messages in batches of 1,000 (more than one queue's worth in flight).
+    for batch in 0..20u32 {
+        let msgs =
+            (0..1000u32).map(|i| (i % 4, Bytes::from((batch * 1000 + i).to_le_bytes().to_vec()))).collect();
+        a.send_batch(pb, ProtocolId(0), msgs).await.expect("batch");
+    }
+    for i in 0..20_000u32 {
+        let m = tokio::time::timeout(Duration::from_secs(30), chat.next())
+            .await
+            .expect("timely")
+            .expect("stream");
+        assert_eq!((m.msg_type, &m.payload[..]), (i % 4, &i.to_le_bytes()[..]), "message {i}");
+    }
+    // A refused message and those after it come back, in order.
+    let msgs = vec![
+        (0, Bytes::from_static(b"ok")),
+        (99, Bytes::from_static(b"bad")),
+        (1, Bytes::from_static(b"after")),
+    ];
+    let e = a.send_batch(pb, ProtocolId(0), msgs).await.expect_err("type 99 is not defined");
+    assert_eq!(e.error, devp2p_core::SendError::UnknownMessageType);
+    assert_eq!(e.unsent, vec![(99, Bytes::from_static(b"bad")), (1, Bytes::from_static(b"after"))]);
+    let m = chat.next().await.expect("the message before the refused one");
+    assert_eq!(&m.payload[..], b"ok");
+    // Without its stream, the protocol's messages come as events.
+    drop(chat);
+    a.send(pb, ProtocolId(0), 2, Bytes::from_static(b"to events")).await.expect("send");
+    a.send(pb, ProtocolId(0), 2, Bytes::from_static(b"to events too")).await.expect("send");
+    let ev = expect_event(&mut eb, |e| matches!(e, Event::Message { .. })).await;
+    let Event::Message { payload, .. } = ev else { unreachable!("matched") };
+    // The first may have been on its way to the dropped stream; the second is not.
+    assert!(&payload[..] == b"to events" || &payload[..] == b"to events too", "{payload:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_streams_tokio_smol() {
+    batches_and_streams(Tokio, Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_streams_smol_tokio() {
+    batches_and_streams(Smol, Tokio).await;
+}
