@@ -55,6 +55,9 @@ pub struct Config {
     pub priority_message_size: usize,
     /// Most payload bytes queued for sending to one peer before `send`
     /// returns [`SendError::QueueFull`](crate::SendError::QueueFull) (default 8 MiB).
+    /// A protocol with nothing queued may still queue one message, so that
+    /// protocols the peer stopped granting credit cannot starve the others;
+    /// a peer's queue is thus at most this plus one message per protocol.
     pub max_queued_per_peer: usize,
     /// Most payload bytes queued for sending to all peers together (default 256 MiB).
     pub max_queued_total: usize,

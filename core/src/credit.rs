@@ -8,8 +8,8 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use std::sync::Mutex;
 
+use crate::connection::ConnectionId;
 use crate::event::{Event, Message};
-use crate::identity::NodeId;
 use crate::protocol::ProtocolId;
 use crate::waiters::Consumed;
 
@@ -42,11 +42,11 @@ impl CreditShared {
     }
 }
 
-/// Consecutive messages from one peer on one protocol, counted without a
-/// map lookup each.
+/// Consecutive messages from one connection on one protocol, counted
+/// without a map lookup each.
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    peer: NodeId,
+    connection: ConnectionId,
     protocol: ProtocolId,
     messages: u64,
     bytes: u64,
@@ -68,27 +68,27 @@ impl Taken {
 
     /// Notes an event the application took.
     pub fn event(&mut self, ev: &Event) {
-        if let Event::Message { peer, protocol, payload, .. } = ev {
-            self.note(*peer, *protocol, payload.len());
+        if let Event::Message { connection, protocol, payload, .. } = ev {
+            self.note(*connection, *protocol, payload.len());
         }
     }
 
     /// Notes a message the application took.
     pub fn message(&mut self, m: &Message) {
-        self.note(m.peer, m.protocol, m.payload.len());
+        self.note(m.connection, m.protocol, m.payload.len());
     }
 
-    fn note(&mut self, peer: NodeId, protocol: ProtocolId, len: usize) {
+    fn note(&mut self, connection: ConnectionId, protocol: ProtocolId, len: usize) {
         match &mut self.run {
-            Some(r) if r.peer == peer && r.protocol == protocol => {
+            Some(r) if r.connection == connection && r.protocol == protocol => {
                 r.messages += 1;
                 r.bytes += len as u64;
             }
             run => {
                 if let Some(r) = run.take() {
-                    self.local.add_many(r.peer, r.protocol, r.messages, r.bytes);
+                    self.local.add_many(r.connection, r.protocol, r.messages, r.bytes);
                 }
-                *run = Some(Run { peer, protocol, messages: 1, bytes: len as u64 });
+                *run = Some(Run { connection, protocol, messages: 1, bytes: len as u64 });
             }
         }
         let run_cost = self.run.map_or(0, |r| r.bytes + r.messages * crate::MESSAGE_OVERHEAD);
@@ -100,7 +100,7 @@ impl Taken {
     /// Hands the notes to the driver (call before the reader waits).
     pub fn flush(&mut self) {
         if let Some(r) = self.run.take() {
-            self.local.add_many(r.peer, r.protocol, r.messages, r.bytes);
+            self.local.add_many(r.connection, r.protocol, r.messages, r.bytes);
         }
         if self.local.is_empty() {
             return;
@@ -138,6 +138,7 @@ mod tests {
         let mut b = Taken::new(shared.clone());
         let m = |len| Message {
             peer: NodeId([1; 32]),
+            connection: ConnectionId(3),
             protocol: ProtocolId(2),
             msg_type: 0,
             payload: alloc::vec![0; len].into(),
@@ -151,7 +152,7 @@ mod tests {
         assert_eq!(wakes.load(Ordering::Relaxed), 1, "the driver has not taken the first batch yet");
         let mut expect = Consumed::default();
         for len in [100, 70_000, 5] {
-            expect.add(NodeId([1; 32]), ProtocolId(2), len);
+            expect.add(ConnectionId(3), ProtocolId(2), len);
         }
         assert_eq!(shared.take(), expect);
         drop(a);

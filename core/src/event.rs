@@ -45,6 +45,8 @@ pub struct UnsentMessage {
 pub struct Message {
     /// Sender.
     pub peer: NodeId,
+    /// The connection it arrived on (what [`Node::consume`](crate::Node::consume) takes).
+    pub connection: ConnectionId,
     /// Protocol.
     pub protocol: ProtocolId,
     /// Message type within the protocol.
@@ -74,6 +76,8 @@ pub enum Event {
     Message {
         /// Sender.
         peer: NodeId,
+        /// The connection it arrived on (what [`Node::consume`](crate::Node::consume) takes).
+        connection: ConnectionId,
         /// Protocol.
         protocol: ProtocolId,
         /// Message type within the protocol.

@@ -99,7 +99,7 @@ pub fn record(data: &[u8]) {
     ];
     let mut s = Session::new(
         (CipherState::new([1; 32]), CipherState::new([2; 32])),
-        NodeId([3; 32]),
+        (NodeId([3; 32]), ConnectionId(0)),
         channels,
         2,
         PeerLimits { max_message: u64::MAX, receive_window: Some(16 << 10) },

@@ -418,8 +418,13 @@ impl Node {
         }
         while let Some((msg_type, payload)) = msgs.pop_front() {
             let len = payload.len();
-            if (session.queued_bytes > 0 && session.queued_bytes + len > self.config.max_queued_per_peer)
-                || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
+            // A protocol with nothing queued may always queue one message
+            // whatever the others hold (protocols whose peer stopped
+            // granting credit cannot starve the rest); the node-wide cap holds.
+            let peer_full = session.queued_bytes > 0
+                && session.queued_bytes + len > self.config.max_queued_per_peer
+                && session.queued_on(protocol) > 0;
+            if peer_full || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
             {
                 msgs.push_front((msg_type, payload));
                 return Err(SendError::QueueFull);
@@ -451,13 +456,24 @@ impl Node {
     }
 
     /// Tells the node that the application has consumed `messages` messages
-    /// from `peer` on `protocol`, with `payload_bytes` payload bytes in all,
-    /// so their flow-control credit goes back to the peer. Only needed with
-    /// [`Config::manual_consume`]; calls for a peer that is gone, or beyond
-    /// what was received, are ignored.
-    pub fn consume(&mut self, peer: &NodeId, protocol: ProtocolId, messages: u64, payload_bytes: u64) {
-        let Some(id) = self.peers.get(peer) else { return };
-        if let Some(Phase::Established { session, .. }) = self.connections.get_mut(id).map(|c| &mut c.phase) {
+    /// that arrived on `connection` for `protocol` (see
+    /// [`Event::Message`]), with `payload_bytes` payload bytes in all, so
+    /// their flow-control credit goes back to the peer. Only needed with
+    /// [`Config::manual_consume`]. Calls for a connection that is gone (the
+    /// credit of a closed connection is void, a new one starts afresh), or
+    /// beyond what was received, are ignored.
+    pub fn consume(
+        &mut self,
+        connection: ConnectionId,
+        protocol: ProtocolId,
+        messages: u64,
+        payload_bytes: u64,
+    ) {
+        let Some(conn) = self.connections.get_mut(&connection) else { return };
+        if conn.closing.is_some() {
+            return;
+        }
+        if let Phase::Established { session, .. } = &mut conn.phase {
             session.consume(protocol, messages, payload_bytes);
         }
     }
@@ -601,7 +617,7 @@ impl Node {
             hello.as_ref().map(|h| protocol::negotiate(&self.config.protocols, h)).unwrap_or_default();
         let mut session = Session::new(
             (keys.send, keys.recv),
-            peer,
+            (peer, id),
             shared,
             self.config.protocols.len(),
             PeerLimits { max_message: peer_max, receive_window: peer_window },
@@ -882,8 +898,8 @@ impl Node {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if !self.config.manual_consume {
-            if let Event::Message { peer, protocol, payload, .. } = &ev {
-                self.consume(peer, *protocol, 1, payload.len() as u64);
+            if let Event::Message { connection, protocol, payload, .. } = &ev {
+                self.consume(*connection, *protocol, 1, payload.len() as u64);
             }
         }
         Some(ev)

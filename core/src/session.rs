@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::chunk::{self, Chunk, MessageStart};
 use crate::config::Config;
+use crate::connection::ConnectionId;
 use crate::control::{Control, MAX_CONTROL_PAYLOAD};
 use crate::crypto::cipher::TAG_LEN;
 use crate::crypto::{CipherState, CryptoError};
@@ -27,6 +28,9 @@ struct Partial {
     msg_type: u32,
     total: usize,
     buf: BytesMut,
+    /// Size of the allocation behind `buf` (at least `total`; more if a
+    /// kept buffer was reused).
+    alloc: usize,
 }
 
 /// Everything a session keeps per channel (the send queues aside, which
@@ -79,6 +83,8 @@ pub(crate) struct Session {
     send: CipherState,
     recv: CipherState,
     pub(crate) peer: NodeId,
+    /// The connection this session runs on.
+    connection: ConnectionId,
     /// Per-channel state; channel `c` is at index `c - 1`.
     channels: Vec<Channel>,
     /// Channel of each local protocol (0: not shared).
@@ -114,7 +120,7 @@ impl Session {
     /// A session after a successful handshake and negotiation.
     pub(crate) fn new(
         (send, recv): (CipherState, CipherState),
-        peer: NodeId,
+        (peer, connection): (NodeId, ConnectionId),
         channels: Vec<SharedProtocol>,
         local_protocols: usize,
         limits: PeerLimits,
@@ -142,6 +148,7 @@ impl Session {
             send,
             recv,
             peer,
+            connection,
             channels,
             channel_of,
             peer_max_message: limits.max_message,
@@ -198,6 +205,14 @@ impl Session {
         self.queued_bytes += payload.len();
         self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
+    }
+
+    /// Payload bytes queued on `protocol` (0 if it is not shared).
+    pub(crate) fn queued_on(&self, protocol: ProtocolId) -> usize {
+        match self.channel_of.get(protocol.0 as usize) {
+            Some(&c) if c > 0 => self.scheduler.depth(c as usize - 1).1,
+            _ => 0,
+        }
     }
 
     /// Queues a control message ahead of application data.
@@ -525,6 +540,7 @@ impl Session {
                     st.bytes_in += total as u64;
                     events.push_back(Event::Message {
                         peer: self.peer,
+                        connection: self.connection,
                         protocol: shared.id,
                         msg_type,
                         payload: Bytes::copy_from_slice(data),
@@ -541,15 +557,22 @@ impl Session {
                 }
                 self.reassembly_bytes += total;
                 let mut buf = match self.channels[idx].spare.take() {
+                    // A kept buffer much larger than needed is let go
+                    // rather than pinned by a small message.
                     Some((buf, size)) => {
                         self.spare_bytes -= size;
-                        buf
+                        if size <= 2 * total + (64 << 10) {
+                            buf
+                        } else {
+                            BytesMut::new()
+                        }
                     }
                     None => BytesMut::new(),
                 };
                 buf.clear();
                 buf.reserve(total);
-                Partial { msg_type, total, buf }
+                let alloc = buf.capacity().max(total);
+                Partial { msg_type, total, buf, alloc }
             }
         };
         let mut p = partial;
@@ -567,12 +590,13 @@ impl Session {
             st.bytes_in += p.total as u64;
             let payload = p.buf.split().freeze();
             // Kept for reuse only within the reassembly budget.
-            if self.reassembly_bytes + self.spare_bytes + p.total <= config.max_reassembly_per_peer {
-                self.spare_bytes += p.total;
-                self.channels[idx].spare = Some((p.buf, p.total));
+            if self.reassembly_bytes + self.spare_bytes + p.alloc <= config.max_reassembly_per_peer {
+                self.spare_bytes += p.alloc;
+                self.channels[idx].spare = Some((p.buf, p.alloc));
             }
             events.push_back(Event::Message {
                 peer: self.peer,
+                connection: self.connection,
                 protocol: shared.id,
                 msg_type: p.msg_type,
                 payload,
@@ -663,7 +687,7 @@ mod tests {
         ];
         let s = Session::new(
             (CipherState::new([1; 32]), CipherState::new([2; 32])),
-            NodeId([9; 32]),
+            (NodeId([9; 32]), ConnectionId(0)),
             channels,
             2,
             PeerLimits { max_message: u64::MAX, receive_window: peer_window },

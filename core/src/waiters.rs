@@ -16,25 +16,26 @@ use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;
 use crate::time::Instant;
 
-/// Messages the application has taken, per peer and protocol, whose
+/// Messages the application has taken, per connection and protocol, whose
 /// flow-control credit is still to be returned to the node (a runtime with
 /// [`Config::manual_consume`](crate::Config::manual_consume) collects them
 /// where the application reads, and applies them in its driver).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Consumed {
-    taken: BTreeMap<(NodeId, ProtocolId), (u64, u64)>,
+    taken: BTreeMap<(ConnectionId, ProtocolId), (u64, u64)>,
     bytes: u64,
 }
 
 impl Consumed {
-    /// Notes that the application took a message of `len` payload bytes.
-    pub fn add(&mut self, peer: NodeId, protocol: ProtocolId, len: usize) {
-        self.add_many(peer, protocol, 1, len as u64);
+    /// Notes that the application took a message of `len` payload bytes
+    /// that arrived on `connection`.
+    pub fn add(&mut self, connection: ConnectionId, protocol: ProtocolId, len: usize) {
+        self.add_many(connection, protocol, 1, len as u64);
     }
 
     /// Notes `messages` messages with `bytes` payload bytes in all.
-    pub fn add_many(&mut self, peer: NodeId, protocol: ProtocolId, messages: u64, bytes: u64) {
-        let e = self.taken.entry((peer, protocol)).or_default();
+    pub fn add_many(&mut self, connection: ConnectionId, protocol: ProtocolId, messages: u64, bytes: u64) {
+        let e = self.taken.entry((connection, protocol)).or_default();
         e.0 += messages;
         e.1 += bytes;
         self.bytes += bytes + messages * crate::MESSAGE_OVERHEAD;
@@ -42,8 +43,8 @@ impl Consumed {
 
     /// Notes the message an event carries, if it carries one.
     pub fn add_event(&mut self, ev: &Event) {
-        if let Event::Message { peer, protocol, payload, .. } = ev {
-            self.add(*peer, *protocol, payload.len());
+        if let Event::Message { connection, protocol, payload, .. } = ev {
+            self.add(*connection, *protocol, payload.len());
         }
     }
 
@@ -69,8 +70,8 @@ impl Consumed {
 
     /// Returns the credit of everything noted to `node` and forgets it.
     pub fn apply(&mut self, node: &mut Node) {
-        for ((peer, protocol), (n, b)) in core::mem::take(&mut self.taken) {
-            node.consume(&peer, protocol, n, b);
+        for ((connection, protocol), (n, b)) in core::mem::take(&mut self.taken) {
+            node.consume(connection, protocol, n, b);
         }
         self.bytes = 0;
     }

@@ -514,13 +514,15 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             Event::HandshakeDowngraded { peer, from, to, .. } => {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
-            Event::Message { peer, protocol, msg_type, payload } if self.routes.contains_key(&protocol) => {
-                let m = Message { peer, protocol, msg_type, payload };
+            Event::Message { peer, connection, protocol, msg_type, payload }
+                if self.routes.contains_key(&protocol) =>
+            {
+                let m = Message { peer, connection, protocol, msg_type, payload };
                 // Unbounded: flow control bounds what a stream holds.
                 if let Some(Err(e)) = self.routes.get(&protocol).map(|tx| tx.try_send(m)) {
                     // The stream was dropped: later messages go to `Events`.
                     let m = e.into_inner();
-                    self.discarded.add(m.peer, m.protocol, m.payload.len());
+                    self.discarded.add(m.connection, m.protocol, m.payload.len());
                     self.routes.remove(&protocol);
                 }
                 return;

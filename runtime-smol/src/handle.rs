@@ -148,6 +148,17 @@ impl Events {
     }
 }
 
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Nobody will read what is left: it is discarded, which consumes
+        // it (its flow-control credit goes back).
+        self.rx.close();
+        while let Ok(ev) = self.rx.try_recv() {
+            self.taken.event(&ev);
+        }
+    }
+}
+
 /// The messages of one protocol, from every peer, in a stream of their own
 /// (see [`Node::messages`]). Reading is what returns flow-control credit:
 /// while the application does not read, the peers stop sending this

@@ -240,23 +240,20 @@ impl Driver {
                         self.begin_shutdown();
                     }
                 },
-                () = std::future::poll_fn(|cx| ready.poll_take(cx, &mut readable)), if !backlog => {
-                    self.read_sockets(&readable);
-                }
                 input = self.input_rx.recv() => {
                     // The driver holds a sender, so the channel never closes.
                     if let Some(input) = input {
                         self.handle_input(input);
-                        // Take whatever else is ready before flushing, to batch work.
-                        for _ in 0..64 {
-                            match self.input_rx.try_recv() {
-                                Ok(i) => self.handle_input(i),
-                                Err(_) => break,
-                            }
-                        }
                     }
                 }
+                () = std::future::poll_fn(|cx| ready.poll_take(cx, &mut readable)), if !backlog => {
+                    self.read_sockets(&readable);
+                }
             }
+            // Whatever woke the driver, it also takes the other inputs that
+            // are ready, so that none starves another (a busy socket is
+            // queued again after every turn; commands can come in floods).
+            self.poll_inputs();
         }
         // Hand over the last events (the final PeerDisconnected), waiting a
         // little for an application that is still reading.
@@ -289,6 +286,23 @@ impl Driver {
                     self.discard_backlog();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Handles the inputs and readable sockets that are ready, without waiting.
+    fn poll_inputs(&mut self) {
+        for _ in 0..64 {
+            match self.input_rx.try_recv() {
+                Ok(i) => self.handle_input(i),
+                Err(_) => break,
+            }
+        }
+        if self.backlog.is_empty() {
+            let mut readable = Vec::new();
+            self.ready.take(&mut readable);
+            if !readable.is_empty() {
+                self.read_sockets(&readable);
             }
         }
     }
@@ -540,13 +554,13 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             }
             Event::Message { protocol, .. } => {
                 if let Some(tx) = self.routes.get(protocol) {
-                    let Event::Message { peer, protocol, msg_type, payload } = ev else { return };
-                    let m = Message { peer, protocol, msg_type, payload };
+                    let Event::Message { peer, connection, protocol, msg_type, payload } = ev else { return };
+                    let m = Message { peer, connection, protocol, msg_type, payload };
                     match tx.send(m) {
                         Ok(()) => return,
                         Err(e) => {
                             // The stream was dropped: later messages go to `Events`.
-                            self.discarded.add(e.0.peer, e.0.protocol, e.0.payload.len());
+                            self.discarded.add(e.0.connection, e.0.protocol, e.0.payload.len());
                             self.routes.remove(&e.0.protocol);
                             return;
                         }

@@ -61,6 +61,13 @@ impl ReadyQueue {
         (w.clone(), Waker::from(w))
     }
 
+    /// Moves the queued ids into `out`, without waiting.
+    pub(crate) fn take(&self, out: &mut Vec<ConnectionId>) {
+        if let Ok(mut g) = self.inner.lock() {
+            out.append(&mut g.0);
+        }
+    }
+
     /// Moves the queued ids into `out`, or registers the driver's waker.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>, out: &mut Vec<ConnectionId>) -> Poll<()> {
         let Ok(mut g) = self.inner.lock() else { return Poll::Pending };

@@ -86,8 +86,8 @@ struct Host {
     /// Protocols whose application does not consume (see [`Sim::stall_consumer`]).
     stalled: BTreeSet<u16>,
     /// Messages delivered on stalled protocols and not consumed yet:
-    /// (peer, protocol, payload length).
-    unconsumed: Vec<(NodeId, ProtocolId, usize)>,
+    /// (connection, protocol, payload length).
+    unconsumed: Vec<(ConnectionId, ProtocolId, usize)>,
 }
 
 #[derive(Clone, Copy)]
@@ -286,8 +286,8 @@ impl Sim {
             std::mem::take(&mut host.unconsumed).into_iter().partition(|m| m.1 == ProtocolId(protocol));
         host.unconsumed = keep;
         if let Some(node) = host.node.as_mut() {
-            for (peer, p, len) in held {
-                node.consume(&peer, p, 1, len as u64);
+            for (connection, p, len) in held {
+                node.consume(connection, p, 1, len as u64);
             }
         }
         self.flush(h.0);
@@ -873,14 +873,14 @@ impl Sim {
                 }
                 1
             }
-            Event::Message { peer, protocol, payload, .. } => {
+            Event::Message { connection, protocol, payload, .. } => {
                 self.ledger.delivered(h as u64, payload, self.now.as_nanos());
                 self.trace.bytes(payload);
                 let host = &mut self.hosts[h];
                 if host.stalled.contains(&protocol.0) {
-                    host.unconsumed.push((*peer, *protocol, payload.len()));
+                    host.unconsumed.push((*connection, *protocol, payload.len()));
                 } else if let Some(node) = host.node.as_mut() {
-                    node.consume(peer, *protocol, 1, payload.len() as u64);
+                    node.consume(*connection, *protocol, 1, payload.len() as u64);
                 }
                 2
             }

@@ -50,7 +50,7 @@ async fn check(offset: u32, mut events: AnyEvents, from: NodeId) -> AnyEvents {
             .await
             .expect("timely")
             .expect("open");
-        if let Event::Message { peer, protocol, msg_type, payload: got } = e {
+        if let Event::Message { peer, protocol, msg_type, payload: got, .. } = e {
             assert_eq!(peer, from);
             let i =
                 expected[protocol.0 as usize].pop_front().expect("a message was expected on this protocol");

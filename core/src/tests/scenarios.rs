@@ -814,17 +814,17 @@ fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
         }
         p.drive();
         for ev in p.take_events(Side::B) {
-            if let Event::Message { protocol, payload, .. } = ev {
+            if let Event::Message { connection, protocol, payload, .. } = ev {
                 if protocol == CHAT {
-                    chat_held.push(payload);
+                    chat_held.push((connection, payload));
                 } else {
                     blocks_bytes += payload.len();
-                    p.b.consume(&a, protocol, 1, payload.len() as u64);
+                    p.b.consume(connection, protocol, 1, payload.len() as u64);
                 }
             }
         }
         // What B holds for CHAT never exceeds the window it granted.
-        let held: u64 = chat_held.iter().map(|m| m.len() as u64 + crate::MESSAGE_OVERHEAD).sum();
+        let held: u64 = chat_held.iter().map(|m| m.1.len() as u64 + crate::MESSAGE_OVERHEAD).sum();
         assert!(held <= window, "B holds {held} bytes of CHAT");
         let mb = p.b.peer_metrics(&a).expect("connected");
         assert_eq!(mb.protocols.iter().find(|m| m.protocol == CHAT).map(|m| m.unconsumed), Some(held));
@@ -845,7 +845,7 @@ fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
     );
     // Once B's application catches up, CHAT flows again.
     let n = chat_held.len() as u64;
-    p.b.consume(&a, CHAT, n, n * (16 << 10));
+    p.b.consume(chat_held[0].0, CHAT, n, n * (16 << 10));
     p.drive();
     let more = messages(&p.take_events(Side::B)).iter().filter(|m| m.0 == CHAT).count();
     assert!(more > 0, "CHAT resumed");
@@ -902,4 +902,90 @@ fn a_batch_waits_for_queue_space_in_order_and_hands_back_what_is_refused() {
     let e = r.expect_err("type 99 is not defined");
     assert_eq!(e.error, SendError::UnknownMessageType);
     assert_eq!(e.unsent, vec![(99, Bytes::from_static(b"b")), (2, Bytes::from_static(b"c"))]);
+}
+
+#[test]
+fn stalled_protocols_cannot_take_the_whole_peer_queue_from_another() {
+    let mut cb = Config::with_protocols(protocols());
+    cb.manual_consume = true;
+    cb.receive_window = 64 << 10;
+    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
+    p.connect(None);
+    p.drive();
+    p.take_events(Side::B);
+    let b = p.id(Side::B);
+    // B's application consumes neither CHAT nor BLOCKS: A fills both
+    // protocols' queues (4 MiB each, the peer's 8 MiB in all).
+    let msg = Bytes::from(vec![1u8; 64 << 10]);
+    for proto in [CHAT, BLOCKS] {
+        for _ in 0..200 {
+            if p.a.send(&b, proto, 0, msg.clone()).is_err() {
+                break;
+            }
+            p.drive();
+        }
+    }
+    assert!(p.a.queued_bytes(&b) >= 7 << 20, "the peer queue is (nearly) full: {}", p.a.queued_bytes(&b));
+    assert_eq!(p.a.send(&b, CHAT, 0, msg.clone()), Err(SendError::QueueFull));
+    // A third protocol still gets through.
+    const THIRD: ProtocolId = ProtocolId(2);
+    p.a.send(&b, THIRD, 0, Bytes::from_static(b"still flowing")).expect("one message always fits");
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    assert!(got.iter().any(|m| m.0 == THIRD && &m.2[..] == b"still flowing"));
+}
+
+#[test]
+fn consuming_messages_of_a_closed_connection_returns_no_credit_to_the_next() {
+    let window = 64 << 10;
+    let mut cb = Config::with_protocols(protocols());
+    cb.manual_consume = true;
+    cb.receive_window = window;
+    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
+    p.connect(None);
+    p.drive();
+    p.take_events(Side::B);
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    let msg = Bytes::from(vec![2u8; 16 << 10]);
+    let fill = |p: &mut Pair| {
+        for _ in 0..8 {
+            let _ = p.a.send(&b, CHAT, 0, msg.clone());
+            p.drive();
+        }
+        p.take_events(Side::B)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { connection, payload, .. } => Some((connection, payload.len())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let old = fill(&mut p);
+    assert_eq!(old.len(), 3, "a 64 KiB window holds three 16 KiB messages");
+    // The peer reconnects; the application still holds the old messages.
+    p.b.disconnect(&a, DisconnectReason::Requested, p.now);
+    p.drive();
+    p.take_events(Side::A);
+    p.take_events(Side::B);
+    p.connect(None);
+    p.drive();
+    p.take_events(Side::B);
+    let new = fill(&mut p);
+    assert_eq!(new.len(), 3);
+    assert_ne!(new[0].0, old[0].0, "another connection");
+    let credit = |p: &Pair| p.a.peer_metrics(&b).expect("connected").protocols[0].send_credit;
+    let before = credit(&p);
+    // Consuming the old connection's messages returns nothing to the new one.
+    for (c, len) in &old {
+        p.b.consume(*c, CHAT, 1, *len as u64);
+    }
+    p.drive();
+    assert_eq!(credit(&p), before);
+    assert!(messages(&p.take_events(Side::B)).is_empty(), "nothing more was let through");
+    // Consuming the new ones does: A's queued messages flow again.
+    for (c, len) in &new {
+        p.b.consume(*c, CHAT, 1, *len as u64);
+    }
+    p.drive();
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 3);
 }
