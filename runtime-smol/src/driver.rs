@@ -236,15 +236,7 @@ impl Driver {
             .await;
             match wake {
                 // The driver holds an input sender, so the channel never closes.
-                Wake::Input(Some(input)) => {
-                    self.handle_input(input);
-                    for _ in 0..64 {
-                        match self.input_rx.try_recv() {
-                            Ok(i) => self.handle_input(i),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Wake::Input(Some(input)) => self.handle_input(input),
                 Wake::Input(None) => {}
                 Wake::Delivered(true) => {
                     self.backlog.pop_front();
@@ -261,6 +253,17 @@ impl Driver {
                 Wake::Timer => {
                     let now = self.now();
                     self.core.handle_timeout(now);
+                }
+            }
+            // Whatever woke the driver, it also takes the inputs that are
+            // ready (commands come first in the race and can come in floods;
+            // they must not starve the network).
+            if self.backlog.is_empty() {
+                for _ in 0..64 {
+                    match self.input_rx.try_recv() {
+                        Ok(i) => self.handle_input(i),
+                        Err(_) => break,
+                    }
                 }
             }
         }
