@@ -11,7 +11,7 @@ use devp2p_core::{Bytes, Config, Event, PeerAddr, Protocol, ProtocolId};
 use crate::{Events, Messages, Node, NodeConfig};
 
 /// Protocols registered by bench nodes: "bench" first, then 7 more for the
-/// multi-protocol workload.
+/// multi-protocol workload. `WINDOW` (bytes) overrides the receive window.
 fn config() -> Config {
     let mut protocols = vec![Protocol::new("bench", 1, 2)];
     protocols.extend((1..8).map(|i| Protocol::new(format!("bulk-{i}"), 1, 1)));
@@ -20,6 +20,9 @@ fn config() -> Config {
     c.max_queued_per_protocol = 16 << 20;
     c.max_message_size = 1 << 20;
     c.max_reassembly_per_peer = 16 << 20;
+    if let Ok(w) = std::env::var("WINDOW") {
+        c.receive_window = w.parse().expect("WINDOW");
+    }
     c
 }
 
