@@ -38,6 +38,7 @@
 //! | `node` | the endpoint |
 //! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
 //! | `credit` | (feature `std`) flow-control credit shared between a runtime's readers and driver |
+//! | `runtime` | (feature `std`) the runtimes' shared handle types: `NodeConfig`, `DialError`, `NodeError` |
 //! | `addr` | `NODEID@host:port` addresses |
 //!
 //! The wire format is specified byte for byte in `SPEC.md`.
@@ -68,6 +69,8 @@ mod node;
 mod protocol;
 mod reason;
 mod rng;
+#[cfg(feature = "std")]
+mod runtime;
 mod scheduler;
 mod session;
 mod shaping;
@@ -100,5 +103,7 @@ pub use protocol::{HelloError, Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VER
 pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
+#[cfg(feature = "std")]
+pub use runtime::{DialError, NodeConfig, NodeError};
 pub use time::Instant;
 pub use waiters::{Consumed, Outputs, Waiters};

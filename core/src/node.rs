@@ -380,22 +380,8 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        self.send_or_return(peer, protocol, msg_type, payload).map_err(|(e, _)| e)
-    }
-
-    /// [`send`](Self::send), handing the payload back if it is refused.
-    pub(crate) fn send_or_return(
-        &mut self,
-        peer: &NodeId,
-        protocol: ProtocolId,
-        msg_type: u32,
-        payload: Bytes,
-    ) -> Result<(), (SendError, Bytes)> {
-        let mut one = VecDeque::from([(msg_type, payload)]);
-        match self.send_queue(peer, protocol, &mut one) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, one.pop_front().map_or_else(Bytes::new, |m| m.1))),
-        }
+        let (session, config, queued_total) = self.sendable(peer)?;
+        queue_within_limits(session, config, queued_total, protocol, msg_type, payload).map_err(|(e, _)| e)
     }
 
     /// Queues `msgs` for `peer` in order, taking them from the front, until
@@ -407,35 +393,30 @@ impl Node {
         protocol: ProtocolId,
         msgs: &mut VecDeque<(u32, Bytes)>,
     ) -> Result<(), SendError> {
-        let Some(conn) = self.peers.get(peer).and_then(|id| self.connections.get_mut(id)) else {
-            return Err(SendError::NotConnected);
-        };
-        let Phase::Established { session, .. } = &mut conn.phase else {
-            return Err(SendError::NotConnected);
-        };
-        if conn.closing.is_some() {
-            return Err(SendError::NotConnected);
-        }
+        let (session, config, queued_total) = self.sendable(peer)?;
         while let Some((msg_type, payload)) = msgs.pop_front() {
-            let len = payload.len();
-            // A protocol with nothing queued may always queue one message
-            // whatever the others hold (protocols whose peer stopped
-            // granting credit cannot starve the rest); the node-wide cap holds.
-            let peer_full = session.queued_bytes > 0
-                && session.queued_bytes + len > self.config.max_queued_per_peer
-                && session.queued_on(protocol) > 0;
-            if peer_full || (self.queued_total > 0 && self.queued_total + len > self.config.max_queued_total)
+            if let Err((e, payload)) =
+                queue_within_limits(session, config, queued_total, protocol, msg_type, payload)
             {
-                msgs.push_front((msg_type, payload));
-                return Err(SendError::QueueFull);
-            }
-            if let Err((e, payload)) = session.queue_message(protocol, msg_type, payload) {
                 msgs.push_front((msg_type, payload));
                 return Err(e);
             }
-            self.queued_total += len;
         }
         Ok(())
+    }
+
+    /// The session of `peer` if messages may be queued for it, with what
+    /// [`queue_within_limits`] needs beside it.
+    fn sendable(&mut self, peer: &NodeId) -> Result<(&mut Session, &Config, &mut usize), SendError> {
+        let Node { peers, connections, config, queued_total, .. } = self;
+        let conn = peers.get(peer).and_then(|id| connections.get_mut(id)).ok_or(SendError::NotConnected)?;
+        if conn.closing.is_some() {
+            return Err(SendError::NotConnected);
+        }
+        match &mut conn.phase {
+            Phase::Established { session, .. } => Ok((session, config, queued_total)),
+            Phase::Handshake(_) => Err(SendError::NotConnected),
+        }
     }
 
     /// Queues a message for every connected peer that speaks `protocol`.
@@ -939,3 +920,27 @@ impl Node {
 }
 
 impl core::error::Error for ConfigError {}
+
+/// Queues one message on `session` within the queue limits, or hands it
+/// back with the reason. A protocol with nothing queued may always queue one
+/// message whatever the others hold (protocols whose peer stopped granting
+/// credit cannot starve the rest); the node-wide cap holds regardless.
+fn queue_within_limits(
+    session: &mut Session,
+    config: &Config,
+    queued_total: &mut usize,
+    protocol: ProtocolId,
+    msg_type: u32,
+    payload: Bytes,
+) -> Result<(), (SendError, Bytes)> {
+    let len = payload.len();
+    let peer_full = session.queued_bytes > 0
+        && session.queued_bytes + len > config.max_queued_per_peer
+        && session.queued_on(protocol) > 0;
+    if peer_full || (*queued_total > 0 && *queued_total + len > config.max_queued_total) {
+        return Err((SendError::QueueFull, payload));
+    }
+    session.queue_message(protocol, msg_type, payload)?;
+    *queued_total += len;
+    Ok(())
+}

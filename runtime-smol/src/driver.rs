@@ -5,16 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message,
-    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DialError, DisconnectReason, Event,
+    Message, NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{Task, Timer};
 use std::sync::Arc;
-
-use crate::handle::DialError;
 
 /// Bytes read from a socket per input.
 const READ_CHUNK: usize = 64 << 10;

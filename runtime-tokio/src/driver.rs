@@ -8,14 +8,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DisconnectReason, Event, Message,
-    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DialError, DisconnectReason, Event,
+    Message, NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::handle::DialError;
 use crate::ready::{ConnWaker, ReadyQueue};
 
 /// Bytes read from a socket per input.
@@ -578,12 +577,6 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
 
     fn send_done(&mut self, reply: SendReply, result: Result<(), BatchError>) {
         let _ = reply.send(result);
-    }
-}
-
-impl From<io::Error> for DialError {
-    fn from(e: io::Error) -> Self {
-        DialError::Io(e)
     }
 }
 

@@ -40,4 +40,5 @@ pub use devp2p_core::{
     Message, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
     UnsentMessage,
 };
-pub use handle::{DialError, Events, Messages, Node, NodeConfig, NodeError};
+pub use devp2p_core::{DialError, NodeConfig, NodeError};
+pub use handle::{Events, Messages, Node};

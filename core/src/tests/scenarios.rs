@@ -784,9 +784,9 @@ fn cover_traffic_keeps_an_idle_link_busy_with_padded_records() {
     assert!(p.b.is_connected(&p.id(Side::A)));
 }
 
-#[test]
-fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
-    let window = 256 << 10;
+/// A connected pair whose B says itself when its application consumed a
+/// message (`manual_consume`), granting `window` per protocol.
+fn consuming_pair(window: u64) -> Pair {
     let mut cb = Config::with_protocols(protocols());
     cb.manual_consume = true;
     cb.receive_window = window;
@@ -795,6 +795,13 @@ fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
     p.drive();
     p.take_events(Side::A);
     p.take_events(Side::B);
+    p
+}
+
+#[test]
+fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
+    let window = 256 << 10;
+    let mut p = consuming_pair(window);
     let (a, b) = (p.id(Side::A), p.id(Side::B));
     let msg = Bytes::from(vec![7u8; 16 << 10]);
     let (mut chat_refused, mut chat_held, mut blocks_bytes) = (0usize, Vec::new(), 0usize);
@@ -906,13 +913,7 @@ fn a_batch_waits_for_queue_space_in_order_and_hands_back_what_is_refused() {
 
 #[test]
 fn stalled_protocols_cannot_take_the_whole_peer_queue_from_another() {
-    let mut cb = Config::with_protocols(protocols());
-    cb.manual_consume = true;
-    cb.receive_window = 64 << 10;
-    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
-    p.connect(None);
-    p.drive();
-    p.take_events(Side::B);
+    let mut p = consuming_pair(64 << 10);
     let b = p.id(Side::B);
     // B's application consumes neither CHAT nor BLOCKS: A fills both
     // protocols' queues (4 MiB each, the peer's 8 MiB in all).
@@ -937,14 +938,7 @@ fn stalled_protocols_cannot_take_the_whole_peer_queue_from_another() {
 
 #[test]
 fn consuming_messages_of_a_closed_connection_returns_no_credit_to_the_next() {
-    let window = 64 << 10;
-    let mut cb = Config::with_protocols(protocols());
-    cb.manual_consume = true;
-    cb.receive_window = window;
-    let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
-    p.connect(None);
-    p.drive();
-    p.take_events(Side::B);
+    let mut p = consuming_pair(64 << 10);
     let (a, b) = (p.id(Side::A), p.id(Side::B));
     let msg = Bytes::from(vec![2u8; 16 << 10]);
     let fill = |p: &mut Pair| {
