@@ -75,6 +75,8 @@ struct ConnIo {
     writer: Sender<Vec<u8>>,
     writer_task: Task<()>,
     _reader: Task<()>,
+    /// Kept to linger on after the close (see `Sink::close`).
+    stream: TcpStream,
 }
 
 /// How long a closed connection's writer may take to flush its last bytes.
@@ -376,7 +378,7 @@ impl Driver {
     fn register(&mut self, stream: TcpStream, id: ConnectionId) {
         let _ = stream.set_nodelay(true);
         let (wtx, wrx) = channel::unbounded::<Vec<u8>>();
-        let (mut wr, mut rd) = (stream.clone(), stream);
+        let (mut wr, mut rd, kept) = (stream.clone(), stream.clone(), stream);
         let tx = self.input_tx.clone();
         let writer_task = smol::spawn(async move {
             while let Ok(buf) = wrx.recv().await {
@@ -408,7 +410,7 @@ impl Driver {
                 }
             }
         });
-        self.conns.insert(id, ConnIo { writer: wtx, writer_task, _reader: reader });
+        self.conns.insert(id, ConnIo { stream: kept, writer: wtx, writer_task, _reader: reader });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -495,15 +497,26 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
 
     fn close(&mut self, id: ConnectionId) {
         // Dropping the reader task cancels it. The writer finishes what it
-        // was given within a grace period: a peer that never reads cannot
+        // was given and shuts the write side (FIN); then the socket reads
+        // and drops what the peer still sends until it closes too: closing
+        // with unread bytes would reset the connection, and a reset can
+        // destroy our last records (the `DISCONNECT`) in the peer's receive
+        // buffer. All within a grace period: a peer that never reads cannot
         // pin the socket.
         if let Some(io) = self.conns.remove(&id) {
             drop(io.writer);
-            let writer = io.writer_task;
+            let (writer, mut stream) = (io.writer_task, io.stream);
             smol::spawn(async move {
-                smol::future::or(writer, async {
-                    Timer::after(WRITE_GRACE).await;
-                })
+                smol::future::or(
+                    async move {
+                        writer.await;
+                        let mut buf = [0u8; 4096];
+                        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                    },
+                    async {
+                        Timer::after(WRITE_GRACE).await;
+                    },
+                )
                 .await;
             })
             .detach();

@@ -11,6 +11,7 @@ use devp2p_core::{
     BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DialError, DisconnectReason, Event,
     Message, NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -525,12 +526,21 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
 
     fn close(&mut self, id: ConnectionId) {
         if let Some(io) = self.conns.remove(&id) {
-            // The writer finishes what it was given, within a grace period:
-            // a peer that never reads cannot pin the socket.
-            let mut writer = io.writer_task;
+            // The writer finishes what it was given, then the socket lingers
+            // (see `linger`); all within a grace period, so that a peer that
+            // never reads cannot pin the socket.
+            let (mut writer, stream) = (io.writer_task, io.stream);
             drop(io.writer);
             tokio::spawn(async move {
-                if tokio::time::timeout(WRITE_GRACE, &mut writer).await.is_err() {
+                let done = tokio::time::timeout(WRITE_GRACE, async {
+                    if (&mut writer).await.is_ok() {
+                        if let Ok(stream) = Arc::try_unwrap(stream) {
+                            linger(stream).await;
+                        }
+                    }
+                })
+                .await;
+                if done.is_err() {
                     writer.abort();
                 }
             });
@@ -578,6 +588,18 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
     fn send_done(&mut self, reply: SendReply, result: Result<(), BatchError>) {
         let _ = reply.send(result);
     }
+}
+
+/// Ends a closed connection's socket: tells the peer we are done (FIN),
+/// then reads and drops what it still sends until it closes too. Closing
+/// with unread bytes would reset the connection, and a reset can destroy
+/// our last records (the `DISCONNECT`) in the peer's receive buffer.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 /// Writes all of `buf`, waiting for the socket to have room.
