@@ -87,6 +87,21 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// The AEAD's short path (inputs up to 4 KiB, with the portable Poly1305)
+/// against the `chacha20poly1305` crate: the same ciphertext and tag for any
+/// key, nonce, associated data and plaintext, and any flipped bit rejected.
+/// Input: key (32 bytes), nonce counter (8), associated-data length (1),
+/// bit to flip (2), then associated data and plaintext.
+pub fn aead(data: &[u8]) {
+    let Some((head, rest)) = data.split_at_checked(43) else { return };
+    let key: [u8; 32] = head[..32].try_into().expect("32 bytes");
+    let n = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes")).min(u64::MAX - 1);
+    let (ad, plain) = rest.split_at(usize::from(head[40]).min(rest.len()));
+    let plain = &plain[..plain.len().min(crate::crypto::cipher::SHORT_MAX)];
+    let flip = usize::from(u16::from_le_bytes([head[41], head[42]]));
+    crate::crypto::cipher::check_short_path(&key, n, ad, plain, flip);
+}
+
 /// Record plaintexts: the input is split into records (2-byte length
 /// prefixes), each sealed with the receiving session's key, so the fuzzer
 /// reaches chunk parsing and reassembly. Every failure is a defined reason,

@@ -23,6 +23,11 @@ fn replay(target: &str, f: fn(&[u8])) {
 }
 
 #[test]
+fn aead_corpus() {
+    replay("aead", fuzzing::aead);
+}
+
+#[test]
 fn chunk_corpus() {
     replay("chunk", fuzzing::chunks);
 }

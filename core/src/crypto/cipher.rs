@@ -1,11 +1,24 @@
 //! The Noise `CipherState` for ChaCha20-Poly1305: a key and a 64-bit counter nonce.
 
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use core::fmt;
+use subtle::ConstantTimeEq;
+
+use super::poly1305::Poly1305;
 
 /// Length of the Poly1305 authentication tag appended to every ciphertext.
 pub(crate) const TAG_LEN: usize = 16;
+
+/// Inputs up to this length are sealed and opened by [`short_seal`] and
+/// [`short_open`] (the same RFC 8439 construction, with the portable
+/// Poly1305 of `poly1305.rs`); longer ones by the `chacha20poly1305` crate.
+/// Seal times measured on the development machine (crate / short path):
+/// 0 B 1,094 / 165 ns, 64 B 1,578 / 285 ns, 1 KiB 2,183 / 1,097 ns,
+/// 4 KiB 4,384 / 3,976 ns, 8 KiB 7,377 / 7,594 ns, 16 KiB 12,995 / 15,930 ns.
+pub(crate) const SHORT_MAX: usize = 4096;
 
 /// A failure of an AEAD operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +50,7 @@ impl fmt::Display for CryptoError {
 /// [Noise rev 34 §5.1]: https://noiseprotocol.org/noise.html#the-cipherstate-object
 pub struct CipherState {
     cipher: ChaCha20Poly1305,
+    key: [u8; 32],
     nonce: u64,
 }
 
@@ -55,7 +69,7 @@ fn nonce_bytes(n: u64) -> Nonce {
 impl CipherState {
     /// A cipher state with key `key` and nonce 0.
     pub fn new(key: [u8; 32]) -> Self {
-        CipherState { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), nonce: 0 }
+        CipherState { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), key, nonce: 0 }
     }
 
     /// The next nonce this state will use.
@@ -77,6 +91,9 @@ impl CipherState {
     /// which the caller appends.
     pub fn seal_in_place(&mut self, ad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
         let n = self.take_nonce()?;
+        if buf.len() <= SHORT_MAX {
+            return Ok(short_seal(&self.key, &n, ad, buf));
+        }
         let tag = self
             .cipher
             .encrypt_in_place_detached(&n, ad, buf)
@@ -94,6 +111,9 @@ impl CipherState {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), CryptoError> {
         let n = self.take_nonce()?;
+        if buf.len() <= SHORT_MAX {
+            return short_open(&self.key, &n, ad, buf, tag);
+        }
         self.cipher
             .decrypt_in_place_detached(&n, ad, buf, Tag::from_slice(tag))
             .map_err(|_| CryptoError::Decrypt)
@@ -142,13 +162,78 @@ impl CipherState {
     /// see SPEC.md "Rekeying").
     pub fn rekey(&mut self) {
         let mut k = [0u8; 32];
-        // Encrypting 32 bytes cannot fail.
-        let _ = self.cipher.encrypt_in_place_detached(&nonce_bytes(u64::MAX), b"", &mut k);
+        short_seal(&self.key, &nonce_bytes(u64::MAX), b"", &mut k);
         *self = CipherState::new(k);
     }
 }
 
 impl core::error::Error for CryptoError {}
+
+/// Differential check of the short path against the `chacha20poly1305`
+/// crate (the `aead` fuzz target and the tests): both seal `plain` to the
+/// same bytes, the short open recovers it, and flipping bit `flip` (modulo
+/// the length) of the ciphertext and tag makes the short open fail.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_short_path(key: &[u8; 32], n: u64, ad: &[u8], plain: &[u8], flip: usize) {
+    let nonce = nonce_bytes(n);
+    let (mut ours, mut theirs) = (plain.to_vec(), plain.to_vec());
+    let tag = short_seal(key, &nonce, ad, &mut ours);
+    let want: [u8; TAG_LEN] = ChaCha20Poly1305::new(Key::from_slice(key))
+        .encrypt_in_place_detached(&nonce, ad, &mut theirs)
+        .expect("a short input")
+        .into();
+    assert_eq!((tag, &ours), (want, &theirs), "short path differs from the crate");
+    let mut opened = ours.clone();
+    assert_eq!(short_open(key, &nonce, ad, &mut opened, &tag), Ok(()));
+    assert_eq!(opened, plain);
+    let bit = flip % ((ours.len() + TAG_LEN) * 8);
+    let mut tag = tag;
+    match bit.checked_sub(ours.len() * 8) {
+        None => ours[bit / 8] ^= 1 << (bit % 8),
+        Some(b) => tag[b / 8] ^= 1 << (b % 8),
+    }
+    assert_eq!(short_open(key, &nonce, ad, &mut ours, &tag), Err(CryptoError::Decrypt));
+}
+
+/// The ChaCha20 keystream for `key` and `nonce`, positioned at block 1,
+/// and the Poly1305 state keyed by block 0 (RFC 8439 §2.6, §2.8).
+fn short_start(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, Poly1305) {
+    let mut stream = ChaCha20::new(key.into(), nonce);
+    let mut block0 = [0u8; 64];
+    stream.apply_keystream(&mut block0);
+    let mac = Poly1305::new(block0[..32].try_into().expect("32 bytes"));
+    (stream, mac)
+}
+
+/// RFC 8439 ChaCha20-Poly1305 encryption of `buf` in place; returns the tag.
+fn short_seal(key: &[u8; 32], nonce: &Nonce, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    let (mut stream, mut mac) = short_start(key, nonce);
+    stream.apply_keystream(buf);
+    mac.update_padded(ad);
+    mac.update_padded(buf);
+    mac.update_lengths(ad.len(), buf.len());
+    mac.finalize()
+}
+
+/// RFC 8439 ChaCha20-Poly1305 decryption of `buf` in place, after the tag
+/// is checked in constant time; on failure `buf` is left as it was.
+fn short_open(
+    key: &[u8; 32],
+    nonce: &Nonce,
+    ad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), CryptoError> {
+    let (mut stream, mut mac) = short_start(key, nonce);
+    mac.update_padded(ad);
+    mac.update_padded(buf);
+    mac.update_lengths(ad.len(), buf.len());
+    if !bool::from(mac.finalize().ct_eq(tag)) {
+        return Err(CryptoError::Decrypt);
+    }
+    stream.apply_keystream(buf);
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -168,6 +253,81 @@ mod tests {
         let mut bad = ct[ct.len() - 21..].to_vec();
         bad[0] ^= 1;
         assert_eq!(b.open_append(b"ad", &bad, &mut pt), Err(CryptoError::Decrypt));
+    }
+
+    /// The crate's seal of `buf` under `key`, `nonce`, `ad`: the reference
+    /// the short path must equal byte for byte.
+    fn crate_seal(key: &[u8; 32], nonce: &Nonce, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        ChaCha20Poly1305::new(Key::from_slice(key)).encrypt_in_place_detached(nonce, ad, buf).unwrap().into()
+    }
+
+    #[test]
+    fn short_path_matches_rfc8439_section_2_8_2() {
+        let hex = |s: &str| -> Vec<u8> {
+            let s: alloc::string::String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        };
+        let key: [u8; 32] =
+            hex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
+        let nonce = Nonce::clone_from_slice(&hex("070000004041424344454647"));
+        let ad = hex("50515253c0c1c2c3c4c5c6c7");
+        let mut buf = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
+        let tag = short_seal(&key, &nonce, &ad, &mut buf);
+        assert_eq!(tag.to_vec(), hex("1ae10b594f09e26a7e902ecbd0600691"));
+        assert_eq!(buf[..16].to_vec(), hex("d31a8d34648e60db7b86afbc53ef7ec2"));
+        assert_eq!(buf[buf.len() - 2..].to_vec(), hex("6116"));
+    }
+
+    #[test]
+    fn short_path_equals_the_crate_at_every_length() {
+        for len in 0..=SHORT_MAX + 17 {
+            let key = [if len % 3 == 0 { 0xff } else { 0x42 }; 32];
+            let nonce = nonce_bytes(len as u64);
+            let ad = [len as u8; 13];
+            // Odd lengths carry all-ones bytes, the limbs' worst case.
+            let plain: Vec<u8> =
+                (0..len).map(|i| if len % 2 == 1 { 0xff } else { (i * 31 + len) as u8 }).collect();
+            let (mut a, mut b) = (plain.clone(), plain.clone());
+            let ta = short_seal(&key, &nonce, &ad[..len % 14], &mut a);
+            let tb = crate_seal(&key, &nonce, &ad[..len % 14], &mut b);
+            assert_eq!((ta, &a), (tb, &b), "length {len}");
+            short_open(&key, &nonce, &ad[..len % 14], &mut a, &ta).unwrap();
+            assert_eq!(a, plain);
+        }
+    }
+
+    #[test]
+    fn short_open_rejects_any_flipped_bit_and_leaves_the_buffer() {
+        let key = [9u8; 32];
+        let nonce = nonce_bytes(1);
+        let mut ct = *b"a short record body";
+        let tag = short_seal(&key, &nonce, b"ad", &mut ct);
+        for bit in 0..(ct.len() + TAG_LEN) * 8 {
+            let (mut c, mut t) = (ct, tag);
+            if bit < ct.len() * 8 {
+                c[bit / 8] ^= 1 << (bit % 8);
+            } else {
+                let b = bit - ct.len() * 8;
+                t[b / 8] ^= 1 << (b % 8);
+            }
+            let before = c;
+            assert_eq!(short_open(&key, &nonce, b"ad", &mut c, &t), Err(CryptoError::Decrypt));
+            assert_eq!(c, before);
+        }
+        assert_eq!(short_open(&key, &nonce, b"ae", &mut ct.clone(), &tag), Err(CryptoError::Decrypt));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn short_path_equals_the_crate(
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+            n in 0..u64::MAX,
+            ad in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            plain in proptest::collection::vec(proptest::num::u8::ANY, 0..SHORT_MAX + 1),
+            flip in proptest::num::usize::ANY,
+        ) {
+            check_short_path(&key, n, &ad, &plain, flip);
+        }
     }
 
     #[test]

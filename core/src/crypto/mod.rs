@@ -4,5 +4,6 @@
 pub(crate) mod cipher;
 pub(crate) mod hash;
 pub(crate) mod noise;
+pub(crate) mod poly1305;
 
 pub use cipher::{CipherState, CryptoError};
