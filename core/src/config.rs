@@ -71,6 +71,14 @@ pub struct Config {
     /// waiting, per peer: at most the larger of this and `max_message_size`
     /// plus 16. Larger windows keep fast links busy over long round trips.
     pub receive_window: u64,
+    /// Flow control, sending side: the credit that the protocols with
+    /// messages queued for one peer may have outstanding (sent, not yet
+    /// returned) together, split evenly between them (default 8 MiB). A
+    /// protocol sending alone may use the peer's whole window; with many
+    /// busy protocols each keeps less in flight, which bounds what waits
+    /// unconsumed at the peer (and keeps it in cache). A channel with
+    /// nothing outstanding may always start a message.
+    pub max_in_flight_per_peer: u64,
     /// Flow control: when false (the default) a message is consumed, and its
     /// credit goes back to the sender, as soon as
     /// [`Node::poll_event`](crate::Node::poll_event) returns it. When true
@@ -124,6 +132,7 @@ impl Default for Config {
             max_queued_total: 256 << 20,
             max_queued_per_protocol: 4 << 20,
             receive_window: 4 << 20,
+            max_in_flight_per_peer: 8 << 20,
             manual_consume: false,
             max_reassembly_per_peer: 8 << 20,
             max_connections: 1024,

@@ -20,6 +20,11 @@ pub const MESSAGE_OVERHEAD: u64 = 16;
 /// Tag of the `WINDOW_UPDATE` extension chunk.
 pub(crate) const TAG_WINDOW_UPDATE: u8 = 0x30;
 
+/// Consumed credit is returned at the latest once this much (or a quarter
+/// of the window, if less) has accumulated, so a sender using only part of
+/// its window (see [`SendCredit::may_start`]) still gets a steady flow.
+const UPDATE_AFTER: u64 = 256 << 10;
+
 /// Most credit a sender may accumulate (a larger grant is a violation).
 const MAX_CREDIT: i64 = 1 << 62;
 
@@ -54,6 +59,20 @@ impl SendCredit {
             None => true,
             Some(w) => self.credit >= cost.min(MAX_CREDIT as u64) as i64 || self.credit >= w,
         }
+    }
+
+    /// The local policy on top of [`can_start`](Self::can_start): a message
+    /// may start only if this channel's outstanding credit (charged and not
+    /// yet returned) stays within `share` afterwards, unless nothing is
+    /// outstanding (so any message can always start eventually).
+    pub(crate) fn may_start(&self, cost: u64, share: u64) -> bool {
+        self.can_start(cost)
+            && match self.window {
+                None => true,
+                Some(w) => {
+                    self.credit >= w || (w - self.credit) as u64 + cost.min(MAX_CREDIT as u64) <= share
+                }
+            }
     }
 
     /// Charges a started message.
@@ -131,10 +150,10 @@ impl ReceiveWindow {
     }
 
     /// True if consumed credit should be returned now: a quarter of the
-    /// window has accumulated, or the application has caught up (a sender
+    /// window (at most 256 KiB) has accumulated, or the application has caught up (a sender
     /// waiting to start a large message needs everything back).
     pub(crate) fn update_due(&self) -> bool {
-        self.pending > 0 && (self.pending >= (self.window as u64) / 4 || self.unconsumed == 0)
+        self.pending > 0 && (self.pending >= UPDATE_AFTER.min(self.window as u64 / 4) || self.unconsumed == 0)
     }
 
     /// Takes the credit to return in a `WINDOW_UPDATE`, if one is due.
@@ -181,6 +200,22 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_in_flight_share_limits_what_is_outstanding_but_never_blocks_for_good() {
+        let mut s = SendCredit::new(Some(1000));
+        assert!(s.may_start(200, 300));
+        s.charge(200);
+        assert!(s.can_start(200) && !s.may_start(200, 300), "400 would be outstanding");
+        assert!(s.may_start(100, 300));
+        s.grant(200).unwrap();
+        // Nothing outstanding: even a message above the share may start.
+        assert!(s.may_start(500, 300));
+        s.charge(500);
+        assert!(!s.may_start(1, 300));
+        // Toward a peer without flow control the share does not apply.
+        assert!(SendCredit::new(None).may_start(u64::MAX, 0));
+    }
 
     #[test]
     fn sender_and_receiver_agree_on_the_rules() {

@@ -79,6 +79,11 @@ impl Scheduler {
         c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq });
     }
 
+    /// How many channels have messages queued.
+    pub(crate) fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
     /// True if no message is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.active.is_empty()

@@ -94,6 +94,9 @@ pub(crate) struct Session {
     /// Most payload bytes queued on one channel (`Config::max_queued_per_protocol`).
     max_queued_per_protocol: usize,
     scheduler: Scheduler,
+    /// `Config::max_in_flight_per_peer`: the credit the channels with data
+    /// queued share (local policy, see [`Session::in_flight_share`]).
+    max_in_flight: u64,
     /// Some window has consumed credit to return.
     updates_due: bool,
     /// Payload bytes queued and not yet written.
@@ -154,6 +157,7 @@ impl Session {
             peer_max_message: limits.max_message,
             max_queued_per_protocol: config.max_queued_per_protocol,
             scheduler,
+            max_in_flight: config.max_in_flight_per_peer,
             updates_due: false,
             queued_bytes: 0,
             control: VecDeque::new(),
@@ -227,7 +231,18 @@ impl Session {
             || self.updates_due
             || self.cover_pending
             || (!self.scheduler.is_empty()
-                && self.scheduler.has_ready(|i, len| self.channels[i].credit.can_start(flow::cost(len))))
+                && self.scheduler.has_ready(|i, len| {
+                    self.channels[i].credit.may_start(flow::cost(len), self.in_flight_share())
+                }))
+    }
+
+    /// How much credit each channel with data queued may have outstanding
+    /// (local policy on top of the peer's windows): `max_in_flight_per_peer`
+    /// split evenly between them. One busy protocol may use its whole
+    /// window; eight share the limit, which keeps the bytes in flight, and
+    /// so waiting unconsumed at the peer, within the caches.
+    fn in_flight_share(&self) -> u64 {
+        self.max_in_flight / self.scheduler.active_count().max(1) as u64
     }
 
     /// The application consumed `messages` messages with `bytes` payload
@@ -324,9 +339,10 @@ impl Session {
             // the scheduler chooses. A record carrying a priority message
             // is not filled up with bulk data: it is sent at once, small.
             let mut urgent = false;
+            let share = self.in_flight_share();
             let channels = &mut self.channels;
             while let Some((idx, allowance)) =
-                self.scheduler.next(|i, len| channels[i].credit.can_start(flow::cost(len)))
+                self.scheduler.next(|i, len| channels[i].credit.may_start(flow::cost(len), share))
             {
                 let priority = allowance == usize::MAX;
                 if urgent && !priority {

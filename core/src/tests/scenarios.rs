@@ -859,6 +859,40 @@ fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
 }
 
 #[test]
+fn busy_protocols_share_the_in_flight_limit_and_one_alone_uses_its_window() {
+    const WINDOW: u64 = 1 << 20;
+    // What B holds unconsumed per protocol once A has sent all it may.
+    let held = |busy: &[ProtocolId]| -> Vec<u64> {
+        let mut ca = Config::with_protocols(protocols());
+        ca.max_in_flight_per_peer = WINDOW;
+        let mut cb = Config::with_protocols(protocols());
+        cb.manual_consume = true;
+        cb.receive_window = WINDOW;
+        let mut p = Pair::with_configs(ca, cb);
+        p.connect(None);
+        p.drive();
+        let (a, b) = (p.id(Side::A), p.id(Side::B));
+        let msg = Bytes::from(vec![3u8; 64 << 10]);
+        for _ in 0..40 {
+            for &proto in busy {
+                p.a.send(&b, proto, 0, msg.clone()).expect("queued");
+            }
+        }
+        p.drive();
+        let m = p.b.peer_metrics(&a).expect("connected");
+        busy.iter()
+            .map(|&proto| m.protocols.iter().find(|x| x.protocol == proto).unwrap().unconsumed)
+            .collect()
+    };
+    let cost = (64 << 10) + crate::MESSAGE_OVERHEAD;
+    // Alone, BLOCKS fills the peer's whole window.
+    assert_eq!(held(&[BLOCKS]), vec![WINDOW / cost * cost]);
+    // Busy together, CHAT and BLOCKS each keep half the limit in flight.
+    let both = held(&[CHAT, BLOCKS]);
+    assert_eq!(both, vec![WINDOW / 2 / cost * cost; 2], "{both:?}");
+}
+
+#[test]
 fn credit_is_returned_when_events_are_polled_by_default() {
     let mut c = Config::with_protocols(protocols());
     c.receive_window = 4096;
