@@ -25,6 +25,23 @@ pub(crate) const TAG_WINDOW_UPDATE: u8 = 0x30;
 /// its window (see [`SendCredit::may_start`]) still gets a steady flow.
 const UPDATE_AFTER: u64 = 256 << 10;
 
+/// How long a receiver that has caught up may hold back consumed credit
+/// below the update threshold, so that it rides in a record written anyway
+/// (a reply, say) instead of a record of its own: counted from the last
+/// record received.
+pub(crate) const CAUGHT_UP_DELAY: core::time::Duration = core::time::Duration::from_millis(1);
+
+/// Whether a window's consumed credit should go back to the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpdateDue {
+    /// Nothing to return yet.
+    No,
+    /// The application caught up: return it within [`CAUGHT_UP_DELAY`].
+    Soon,
+    /// The threshold is reached: return it in the next record.
+    Now,
+}
+
 /// Most credit a sender may accumulate (a larger grant is a violation).
 const MAX_CREDIT: i64 = 1 << 62;
 
@@ -141,24 +158,33 @@ impl ReceiveWindow {
     }
 
     /// The application consumed messages worth `cost` (clamped to what is
-    /// unconsumed). Returns true if a `WINDOW_UPDATE` is now due.
-    pub(crate) fn consume(&mut self, cost: u64) -> bool {
+    /// unconsumed). Returns whether credit should now go back.
+    pub(crate) fn consume(&mut self, cost: u64) -> UpdateDue {
         let c = cost.min(self.unconsumed);
         self.unconsumed -= c;
         self.pending += c;
         self.update_due()
     }
 
-    /// True if consumed credit should be returned now: a quarter of the
-    /// window (at most 256 KiB) has accumulated, or the application has caught up (a sender
-    /// waiting to start a large message needs everything back).
-    pub(crate) fn update_due(&self) -> bool {
-        self.pending > 0 && (self.pending >= UPDATE_AFTER.min(self.window as u64 / 4) || self.unconsumed == 0)
+    /// Whether consumed credit should be returned: at once when a quarter of
+    /// the window (at most 256 KiB) has accumulated; soon when the
+    /// application has caught up (a sender waiting to start a large message
+    /// needs everything back).
+    pub(crate) fn update_due(&self) -> UpdateDue {
+        if self.pending == 0 {
+            UpdateDue::No
+        } else if self.pending >= UPDATE_AFTER.min(self.window as u64 / 4) {
+            UpdateDue::Now
+        } else if self.unconsumed == 0 {
+            UpdateDue::Soon
+        } else {
+            UpdateDue::No
+        }
     }
 
-    /// Takes the credit to return in a `WINDOW_UPDATE`, if one is due.
+    /// Takes the credit to return in a `WINDOW_UPDATE`, if one is due now or soon.
     pub(crate) fn take_update(&mut self) -> Option<u64> {
-        if !self.update_due() {
+        if self.update_due() == UpdateDue::No {
             return None;
         }
         let inc = core::mem::take(&mut self.pending);
@@ -229,10 +255,26 @@ mod tests {
         assert!(!s.can_start(300), "200 left");
         assert_eq!(r.admit(300), Err(FlowViolation));
         // Consuming a little returns nothing yet (below a quarter, not caught up).
-        assert!(!r.consume(100));
-        assert!(r.consume(700), "a quarter of the window");
+        assert_eq!(r.consume(100), UpdateDue::No);
+        assert_eq!(r.consume(700), UpdateDue::Now, "a quarter of the window");
         s.grant(r.take_update().unwrap()).unwrap();
         assert!(s.can_start(300));
+    }
+
+    #[test]
+    fn a_caught_up_receiver_returns_small_credit_soon_and_large_credit_now() {
+        let mut r = ReceiveWindow::new(1 << 20);
+        r.admit(100).unwrap();
+        r.admit(100).unwrap();
+        assert_eq!(r.consume(100), UpdateDue::No, "still behind, below the threshold");
+        assert_eq!(r.consume(100), UpdateDue::Soon, "caught up");
+        assert_eq!(r.take_update(), Some(200));
+        assert_eq!(r.update_due(), UpdateDue::No);
+        // A quarter of a large window is capped at 256 KiB.
+        let mut r = ReceiveWindow::new(64 << 20);
+        r.admit(300 << 10).unwrap();
+        r.admit(1).unwrap();
+        assert_eq!(r.consume(300 << 10), UpdateDue::Now);
     }
 
     #[test]
@@ -244,7 +286,7 @@ mod tests {
         r.admit(5000).unwrap();
         assert!(!s.can_start(20));
         assert_eq!(r.admit(20), Err(FlowViolation));
-        assert!(r.consume(5000), "caught up: everything goes back");
+        assert_eq!(r.consume(5000), UpdateDue::Now, "a quarter of the window and more");
         s.grant(r.take_update().unwrap()).unwrap();
         assert!(s.can_start(20) && s.can_start(5000));
         assert_eq!(r.unconsumed(), 0);

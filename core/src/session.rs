@@ -14,7 +14,7 @@ use crate::control::{Control, MAX_CONTROL_PAYLOAD};
 use crate::crypto::cipher::TAG_LEN;
 use crate::crypto::{CipherState, CryptoError};
 use crate::event::{Event, UnsentMessage};
-use crate::flow::{self, ReceiveWindow, SendCredit};
+use crate::flow::{self, ReceiveWindow, SendCredit, UpdateDue};
 use crate::identity::NodeId;
 use crate::metrics::{PeerMetrics, ProtocolMetrics};
 use crate::protocol::{ProtocolId, SharedProtocol};
@@ -97,8 +97,11 @@ pub(crate) struct Session {
     /// `Config::max_in_flight_per_peer`: the credit the channels with data
     /// queued share (local policy, see [`Session::in_flight_share`]).
     max_in_flight: u64,
-    /// Some window has consumed credit to return.
+    /// Some window has consumed credit to return now.
     updates_due: bool,
+    /// Some window has caught up with credit to return by this time (or
+    /// with the next record written, if that comes first).
+    updates_soon: Option<Instant>,
     /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
     control: VecDeque<Control>,
@@ -159,6 +162,7 @@ impl Session {
             scheduler,
             max_in_flight: config.max_in_flight_per_peer,
             updates_due: false,
+            updates_soon: None,
             queued_bytes: 0,
             control: VecDeque::new(),
             reassembly_bytes: 0,
@@ -251,7 +255,13 @@ impl Session {
         let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
         if let Some(c) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get_mut(i)) {
             let cost = bytes.saturating_add(messages.saturating_mul(flow::MESSAGE_OVERHEAD));
-            self.updates_due |= c.window.consume(cost);
+            match c.window.consume(cost) {
+                UpdateDue::Now => self.updates_due = true,
+                UpdateDue::Soon => {
+                    self.updates_soon.get_or_insert(self.last_recv + flow::CAUGHT_UP_DELAY);
+                }
+                UpdateDue::No => {}
+            }
         }
     }
 
@@ -272,6 +282,7 @@ impl Session {
     /// Drops application data, keeping only queued control messages.
     pub(crate) fn clear_control_except_disconnect(&mut self) {
         self.updates_due = false;
+        self.updates_soon = None;
         self.control.retain(|c| matches!(c, Control::Disconnect(_)));
     }
 
@@ -331,8 +342,9 @@ impl Session {
                 }
                 self.control.pop_front();
             }
-            // Then credit going back to the peer.
-            if self.updates_due {
+            // Then credit going back to the peer: due now, or due soon and
+            // riding along in this record.
+            if self.updates_due || self.updates_soon.is_some() {
                 self.write_updates(buf, limit);
             }
             // Then application data, as many chunks as fit, in the order
@@ -425,6 +437,7 @@ impl Session {
             }
         }
         self.updates_due = false;
+        self.updates_soon = None;
     }
 
     /// Decrypts one record body in place; returns the plaintext length
@@ -633,6 +646,9 @@ impl Session {
         if let Some(c) = self.cover_due {
             t = t.min(c);
         }
+        if let Some(u) = self.updates_soon {
+            t = t.min(u);
+        }
         t
     }
 
@@ -640,6 +656,10 @@ impl Session {
     pub(crate) fn handle_timeout(&mut self, config: &Config, now: Instant) -> Result<(), DisconnectReason> {
         if now >= self.last_recv + config.idle_timeout {
             return Err(DisconnectReason::IdleTimeout);
+        }
+        if self.updates_soon.is_some_and(|u| now >= u) {
+            self.updates_soon = None;
+            self.updates_due = true;
         }
         if now >= self.next_ping {
             self.start_ping(now);

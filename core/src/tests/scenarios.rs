@@ -893,6 +893,39 @@ fn busy_protocols_share_the_in_flight_limit_and_one_alone_uses_its_window() {
 }
 
 #[test]
+fn caught_up_credit_rides_with_a_reply_or_follows_within_the_delay() {
+    let mut p = consuming_pair(1 << 20);
+    let (a, b) = (p.id(Side::A), p.id(Side::B));
+    let credit = |p: &mut Pair| {
+        let m = p.a.peer_metrics(&b).expect("connected");
+        m.protocols.iter().find(|x| x.protocol == CHAT).expect("chat").send_credit
+    };
+    let full = credit(&mut p);
+    let consume_one = |p: &mut Pair| {
+        p.a.send(&b, CHAT, 0, Bytes::from_static(&[5; 100])).unwrap();
+        p.drive();
+        for ev in p.take_events(Side::B) {
+            if let Event::Message { connection, protocol, payload, .. } = ev {
+                p.b.consume(connection, protocol, 1, payload.len() as u64);
+            }
+        }
+        p.drive();
+    };
+    // B consumed all it got: the credit waits for a record to ride in...
+    consume_one(&mut p);
+    assert_eq!(credit(&mut p), full - 116, "no record of its own at once");
+    // ... such as B's reply, which brings it back.
+    p.b.send(&a, CHAT, 1, Bytes::from_static(b"reply")).unwrap();
+    p.drive();
+    assert_eq!(credit(&mut p), full);
+    // Without a reply it follows on its own within the delay.
+    consume_one(&mut p);
+    assert_eq!(credit(&mut p), full - 116);
+    p.advance(crate::flow::CAUGHT_UP_DELAY);
+    assert_eq!(credit(&mut p), full);
+}
+
+#[test]
 fn credit_is_returned_when_events_are_polled_by_default() {
     let mut c = Config::with_protocols(protocols());
     c.receive_window = 4096;
