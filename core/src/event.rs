@@ -51,7 +51,10 @@ pub struct Message {
     pub protocol: ProtocolId,
     /// Message type within the protocol.
     pub msg_type: u32,
-    /// Payload.
+    /// Payload. Small messages (up to 4 KiB) that arrived whole in one record
+    /// share one allocation with the others of their record, so one kept
+    /// alive keeps up to a record (64 KiB) alive: copy a payload you keep
+    /// for long (`Bytes::copy_from_slice`).
     pub payload: Bytes,
 }
 
@@ -82,7 +85,8 @@ pub enum Event {
         protocol: ProtocolId,
         /// Message type within the protocol.
         msg_type: u32,
-        /// Payload.
+        /// Payload (shared with its record's other small messages, as
+        /// [`Message::payload`]).
         payload: Bytes,
     },
     /// A connected peer went away. `unsent` holds every message that had

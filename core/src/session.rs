@@ -467,6 +467,7 @@ impl Session {
         let mut r = Reader::new(plain);
         let mut outcome = RecordOutcome::Continue;
         let mut rekeys = 0u32;
+        let mut out = Delivery { plain, run: None, events };
         while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
             let (channel, start, last, data) = match c {
                 Chunk::Data { channel, start, last, data } => (channel, start, last, data),
@@ -515,7 +516,7 @@ impl Session {
                 }
                 continue;
             }
-            self.read_data(channel, start, last, data, config, events)?;
+            self.read_data(channel, start, last, data, config, &mut out)?;
         }
         // Each REKEY in a record advances the receive key once, after the record.
         for _ in 0..rekeys {
@@ -538,7 +539,7 @@ impl Session {
         last: bool,
         data: &[u8],
         config: &Config,
-        events: &mut VecDeque<Event>,
+        out: &mut Delivery<'_>,
     ) -> Result<(), DisconnectReason> {
         let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
         let ch = self.channels.get_mut(idx).ok_or(DisconnectReason::UnknownMessageType)?;
@@ -567,12 +568,13 @@ impl Session {
                     let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
-                    events.push_back(Event::Message {
+                    let payload = out.whole_payload(data);
+                    out.events.push_back(Event::Message {
                         peer: self.peer,
                         connection: self.connection,
                         protocol: shared.id,
                         msg_type,
-                        payload: Bytes::copy_from_slice(data),
+                        payload,
                     });
                     return Ok(());
                 }
@@ -623,7 +625,7 @@ impl Session {
                 self.spare_bytes += p.alloc;
                 self.channels[idx].spare = Some((p.buf, p.alloc));
             }
-            events.push_back(Event::Message {
+            out.events.push_back(Event::Message {
                 peer: self.peer,
                 connection: self.connection,
                 protocol: shared.id,
@@ -704,6 +706,60 @@ impl Session {
     }
 }
 
+/// Messages up to this size that arrive whole in one record share one
+/// allocation with their neighbours (see [`Delivery::whole_payload`]).
+const SHARED_MAX: usize = 4096;
+
+/// Where the messages of one record go: the events, with the payloads of
+/// small whole messages cut from shared copies of the record.
+struct Delivery<'a> {
+    /// The record's plaintext.
+    plain: &'a [u8],
+    /// The current run of small whole messages: its offset in `plain` and
+    /// its copy.
+    run: Option<(usize, Bytes)>,
+    events: &'a mut VecDeque<Event>,
+}
+
+impl Delivery<'_> {
+    /// The payload of a message that arrived whole (`data` is a slice of
+    /// the record). Small ones are slices of one copy of the run of small
+    /// whole messages they belong to, so a record of many small messages
+    /// costs one allocation, not one per message. A payload kept alive
+    /// keeps its run (at most one record) alive; larger messages are copied
+    /// alone.
+    fn whole_payload(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > SHARED_MAX {
+            return Bytes::copy_from_slice(data);
+        }
+        let plain = self.plain;
+        let off = data.as_ptr() as usize - plain.as_ptr() as usize;
+        let end = off + data.len();
+        match &self.run {
+            Some((base, bytes)) if off >= *base && end <= *base + bytes.len() => {
+                bytes.slice(off - *base..end - *base)
+            }
+            _ => {
+                // A new run: this message and the small whole ones right after it.
+                let mut run_end = end;
+                let mut r = Reader::new(&plain[end..]);
+                while let Ok(Some(Chunk::Data { channel, start: Some(_), last: true, data })) =
+                    chunk::decode(&mut r)
+                {
+                    if channel == 0 || data.len() > SHARED_MAX {
+                        break;
+                    }
+                    run_end = data.as_ptr() as usize - plain.as_ptr() as usize + data.len();
+                }
+                let bytes = Bytes::copy_from_slice(&plain[off..run_end]);
+                let payload = bytes.slice(..data.len());
+                self.run = Some((off, bytes));
+                payload
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,6 +810,36 @@ mod tests {
         let mut ev = VecDeque::new();
         s.process_record(&body[..n], config, Instant::ZERO, &mut ev)?;
         Ok(ev.into_iter().collect())
+    }
+
+    #[test]
+    fn small_whole_messages_of_a_record_share_one_copy_and_large_ones_do_not() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let big = vec![7u8; SHARED_MAX + 1];
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((0, 3)), true, b"one");
+        chunk(&mut r, 2, Some((1, 3)), true, b"two");
+        chunk(&mut r, 1, Some((2, big.len() as u64)), true, &big);
+        chunk(&mut r, 1, Some((3, 5)), true, b"three");
+        let ev = feed(&mut s, &mut c, &r, &config).unwrap();
+        let p: Vec<Bytes> = ev
+            .into_iter()
+            .map(|e| match e {
+                Event::Message { payload, .. } => payload,
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!([&p[0][..], &p[1][..], &p[2][..], &p[3][..]], [&b"one"[..], b"two", &big, b"three"]);
+        let at = |b: &Bytes| b.as_ptr() as usize;
+        // "one" and "two" are slices of one copy, 3 bytes and a header apart ...
+        let header = chunk::data_header_len(2, Some(MessageStart { msg_type: 1, total_len: 3 }), 3);
+        assert_eq!(at(&p[1]) - at(&p[0]), 3 + header);
+        // ... which ends before the large message, copied alone; "three"
+        // starts a run of its own.
+        for other in [&p[2], &p[3]] {
+            assert!(at(other) < at(&p[0]) || at(other) >= at(&p[1]) + 3);
+        }
     }
 
     #[test]
