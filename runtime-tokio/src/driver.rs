@@ -67,7 +67,7 @@ pub(crate) enum Command {
     /// Messages of `protocol` go to `tx` from now on.
     Route {
         protocol: ProtocolId,
-        tx: mpsc::UnboundedSender<Message>,
+        tx: mpsc::UnboundedSender<Vec<Message>>,
     },
 }
 
@@ -118,7 +118,7 @@ pub(crate) struct Driver {
     /// Events the application's channel had no room for yet.
     backlog: VecDeque<Event>,
     /// Protocols whose messages have a stream of their own.
-    routes: HashMap<ProtocolId, mpsc::UnboundedSender<Message>>,
+    routes: HashMap<ProtocolId, Route>,
     /// Messages the application took (from `Events` or `Messages`).
     credit: Arc<CreditShared>,
     credit_rx: mpsc::Receiver<()>,
@@ -420,7 +420,7 @@ impl Driver {
                 self.begin_shutdown();
             }
             Command::Route { protocol, tx } => {
-                self.routes.insert(protocol, tx);
+                self.routes.insert(protocol, Route { tx, batch: Vec::new() });
             }
         }
     }
@@ -492,9 +492,23 @@ impl Driver {
             spare: &mut self.spare,
             backlog: &mut self.backlog,
             routes: &mut self.routes,
-            discarded: &mut self.discarded,
         };
         self.waiters.drain(&mut self.core, now, &mut out);
+        // Each stream gets this turn's messages as one batch.
+        let discarded = &mut self.discarded;
+        self.routes.retain(|_, r| {
+            if r.batch.is_empty() {
+                return true;
+            }
+            match r.tx.send(std::mem::take(&mut r.batch)) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Dropped since: its messages are discarded (consumed).
+                    e.0.iter().for_each(|m| discarded.add(m.connection, m.protocol, m.payload.len()));
+                    false
+                }
+            }
+        });
         if !self.discarded.is_empty() {
             self.discarded.apply(&mut self.core);
         }
@@ -502,13 +516,19 @@ impl Driver {
     }
 }
 
+/// A protocol's own stream ([`Node::messages`](crate::Node::messages)) and
+/// the messages for it gathered during the current turn.
+struct Route {
+    tx: mpsc::UnboundedSender<Vec<Message>>,
+    batch: Vec<Message>,
+}
+
 /// Where the tokio driver puts the core's outputs.
 struct Sink<'a> {
     conns: &'a mut HashMap<ConnectionId, ConnIo>,
     spare: &'a mut Vec<Vec<u8>>,
     backlog: &'a mut VecDeque<Event>,
-    routes: &'a mut HashMap<ProtocolId, mpsc::UnboundedSender<Message>>,
-    discarded: &'a mut Consumed,
+    routes: &'a mut HashMap<ProtocolId, Route>,
 }
 
 impl Outputs<DialReply, SendReply> for Sink<'_> {
@@ -567,17 +587,16 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
             Event::Message { protocol, .. } => {
-                if let Some(tx) = self.routes.get(protocol) {
-                    let Event::Message { peer, connection, protocol, msg_type, payload } = ev else { return };
-                    let m = Message { peer, connection, protocol, msg_type, payload };
-                    match tx.send(m) {
-                        Ok(()) => return,
-                        Err(e) => {
-                            // The stream was dropped: later messages go to `Events`.
-                            self.discarded.add(e.0.connection, e.0.protocol, e.0.payload.len());
-                            self.routes.remove(&e.0.protocol);
+                if let Some(route) = self.routes.get_mut(protocol) {
+                    if route.tx.is_closed() {
+                        // The stream was dropped: later messages go to `Events`.
+                        self.routes.remove(protocol);
+                    } else {
+                        let Event::Message { peer, connection, protocol, msg_type, payload } = ev else {
                             return;
-                        }
+                        };
+                        route.batch.push(Message { peer, connection, protocol, msg_type, payload });
+                        return;
                     }
                 }
             }

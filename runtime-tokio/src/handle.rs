@@ -76,21 +76,45 @@ impl Drop for Events {
 /// go to [`Events`].
 #[derive(Debug)]
 pub struct Messages {
-    rx: mpsc::UnboundedReceiver<Message>,
+    /// The driver hands over each turn's messages as one batch.
+    rx: mpsc::UnboundedReceiver<Vec<Message>>,
+    /// The batch being read.
+    buf: std::vec::IntoIter<Message>,
     taken: Taken,
 }
 
 impl Messages {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Vec<Message>>, taken: Taken) -> Self {
+        Messages { rx, buf: Vec::new().into_iter(), taken }
+    }
+
+    /// Makes sure `buf` holds messages, waiting if need be; false once the
+    /// node has stopped.
+    async fn fill(&mut self) -> bool {
+        while self.buf.len() == 0 {
+            let batch = match self.rx.try_recv() {
+                Ok(b) => b,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // About to wait: hand back the credit of what was read.
+                    self.taken.flush();
+                    match self.rx.recv().await {
+                        Some(b) => b,
+                        None => return false,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            };
+            self.buf = batch.into_iter();
+        }
+        true
+    }
+
     /// The next message, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Message> {
-        let m = match self.rx.try_recv() {
-            Ok(m) => m,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                self.taken.flush();
-                self.rx.recv().await?
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-        };
+        if !self.fill().await {
+            return None;
+        }
+        let m = self.buf.next()?;
         self.taken.message(&m);
         Some(m)
     }
@@ -98,12 +122,23 @@ impl Messages {
     /// Waits for messages and appends up to `limit` of them to `out`;
     /// returns how many (0 once the node has stopped).
     pub async fn next_batch(&mut self, out: &mut Vec<Message>, limit: usize) -> usize {
-        if self.rx.is_empty() {
-            self.taken.flush();
+        let start = out.len();
+        let limit = limit.max(1);
+        if !self.fill().await {
+            return 0;
         }
-        let n = self.rx.recv_many(out, limit.max(1)).await;
-        out[out.len() - n..].iter().for_each(|m| self.taken.message(m));
-        n
+        while out.len() - start < limit {
+            if self.buf.len() == 0 {
+                match self.rx.try_recv() {
+                    Ok(b) => self.buf = b.into_iter(),
+                    Err(_) => break,
+                }
+            }
+            let want = limit - (out.len() - start);
+            out.extend(self.buf.by_ref().take(want));
+        }
+        out[start..].iter().for_each(|m| self.taken.message(m));
+        out.len() - start
     }
 }
 
@@ -111,8 +146,9 @@ impl Drop for Messages {
     fn drop(&mut self) {
         // What is left is discarded, which consumes it.
         self.rx.close();
-        while let Ok(m) = self.rx.try_recv() {
-            self.taken.message(&m);
+        self.buf.by_ref().for_each(|m| self.taken.message(&m));
+        while let Ok(batch) = self.rx.try_recv() {
+            batch.iter().for_each(|m| self.taken.message(m));
         }
     }
 }
@@ -249,7 +285,7 @@ impl Node {
     pub async fn messages(&self, protocol: ProtocolId) -> Messages {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.inner.cmd.send(Command::Route { protocol, tx }).await;
-        Messages { rx, taken: Taken::new(self.inner.credit.clone()) }
+        Messages::new(rx, Taken::new(self.inner.credit.clone()))
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.
