@@ -73,6 +73,9 @@ fn usize_len(v: u64) -> Result<usize, ChunkError> {
     usize::try_from(v).map_err(|_| ChunkError::Truncated)
 }
 
+/// Longest data chunk header: the tag and four 8-byte varints.
+pub(crate) const MAX_HEADER: usize = 1 + 4 * 8;
+
 /// Decodes the next chunk from `r`. Returns `Ok(None)` at the end of the record.
 pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkError> {
     if r.is_empty() {

@@ -11,7 +11,7 @@ use crate::chunk::{self, Chunk, MessageStart};
 use crate::config::Config;
 use crate::connection::ConnectionId;
 use crate::control::{Control, MAX_CONTROL_PAYLOAD};
-use crate::crypto::cipher::TAG_LEN;
+use crate::crypto::cipher::{Keystream, TAG_LEN};
 use crate::crypto::{CipherState, CryptoError};
 use crate::event::{Event, UnsentMessage};
 use crate::flow::{self, ReceiveWindow, SendCredit, UpdateDue};
@@ -104,6 +104,10 @@ pub(crate) struct Session {
     control: VecDeque<Control>,
     /// Bytes reserved by the channels' partial messages.
     reassembly_bytes: usize,
+    /// Parts of the record being opened that stay encrypted until
+    /// `process_record` (see [`Session::open_record`]), and its nonce.
+    sealed: Vec<(usize, usize)>,
+    sealed_nonce: Option<u64>,
     /// Buffers of reassembled messages and their sizes: once the
     /// application drops a message, its allocation is reused for another.
     spare: Vec<(BytesMut, usize)>,
@@ -165,6 +169,8 @@ impl Session {
             queued_bytes: 0,
             control: VecDeque::new(),
             reassembly_bytes: 0,
+            sealed: Vec::new(),
+            sealed_nonce: None,
             spare: Vec::new(),
             spare_bytes: 0,
             next_ping: now + config.keepalive_interval,
@@ -450,7 +456,52 @@ impl Session {
         let (ct, tag) = body.split_at_mut(len);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
-        self.recv.open_in_place(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
+        let mut ks = self.recv.verify(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
+        self.sealed.clear();
+        // Every chunk is decrypted in place except the data of large pieces
+        // of messages being reassembled: `process_record` decrypts those
+        // straight into their reassembly buffers (`Delivery::append`),
+        // which saves copying them. Only headers are read here, and only
+        // to find the chunks; `process_record` checks everything.
+        let (mut pos, mut done) = (0, 0);
+        while pos < len {
+            let window = (pos + chunk::MAX_HEADER).min(len);
+            if done < window {
+                ks.apply(done, &mut ct[done..window]);
+                done = window;
+            }
+            let mut r = Reader::new(&ct[pos..]);
+            let Ok(Some(c)) = chunk::decode(&mut r) else { break };
+            let end = len - r.remaining().len();
+            match c {
+                Chunk::Data { channel, start, last, data }
+                    if channel != 0 && !(start.is_some() && last) && data.len() >= SEALED_MIN =>
+                {
+                    let from = end - data.len();
+                    // Bytes the header window decrypted go back to ciphertext.
+                    if done > from {
+                        ks.apply(from, &mut ct[from..done]);
+                    }
+                    self.sealed.push((from, end));
+                    done = end;
+                }
+                // The rest of the record is ignored: nothing to decrypt.
+                Chunk::Padding => done = len,
+                _ => {
+                    if done < end {
+                        ks.apply(done, &mut ct[done..end]);
+                        done = end;
+                    }
+                }
+            }
+            pos = end;
+        }
+        // After a malformed chunk, everything (`process_record` reports it).
+        if done < len {
+            ks.apply(done, &mut ct[done..]);
+        }
+        // The nonce just used (`verify` took it).
+        self.sealed_nonce = (!self.sealed.is_empty()).then(|| self.recv.nonce() - 1);
         Ok(len)
     }
 
@@ -467,7 +518,15 @@ impl Session {
         let mut r = Reader::new(plain);
         let mut outcome = RecordOutcome::Continue;
         let mut rekeys = 0u32;
-        let mut out = Delivery { plain, run: None, events };
+        let sealed = core::mem::take(&mut self.sealed);
+        let mut out = Delivery {
+            plain,
+            run: None,
+            sealed,
+            next_sealed: 0,
+            stream: self.sealed_nonce.take().map(|n| self.recv.keystream(n)),
+            events,
+        };
         while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
             let (channel, start, last, data) = match c {
                 Chunk::Data { channel, start, last, data } => (channel, start, last, data),
@@ -522,6 +581,8 @@ impl Session {
         for _ in 0..rekeys {
             self.recv.rekey();
         }
+        self.sealed = out.sealed;
+        self.sealed.clear();
         Ok(outcome)
     }
 
@@ -610,7 +671,7 @@ impl Session {
         if p.buf.len() + data.len() > p.total {
             return Err(DisconnectReason::ProtocolViolation);
         }
-        p.buf.extend_from_slice(data);
+        out.append(data, &mut p.buf);
         if last {
             if p.buf.len() != p.total {
                 return Err(DisconnectReason::ProtocolViolation);
@@ -708,6 +769,10 @@ impl Session {
     }
 }
 
+/// Pieces of messages at least this large are decrypted straight into
+/// their reassembly buffers (see [`Session::open_record`]).
+const SEALED_MIN: usize = 1024;
+
 /// Most reassembly buffers a session keeps for reuse.
 const MAX_SPARE: usize = 128;
 
@@ -718,8 +783,15 @@ const SHARED_MAX: usize = 4096;
 /// Where the messages of one record go: the events, with the payloads of
 /// small whole messages cut from shared copies of the record.
 struct Delivery<'a> {
-    /// The record's plaintext.
+    /// The record's plaintext, except the `sealed` parts.
     plain: &'a [u8],
+    /// Parts of the record still encrypted (offset ranges, in order): data
+    /// that goes to reassembly buffers, decrypted on the way there.
+    sealed: Vec<(usize, usize)>,
+    /// The first of `sealed` not yet decrypted.
+    next_sealed: usize,
+    /// The record's keystream, if some parts are sealed.
+    stream: Option<Keystream>,
     /// The current run of small whole messages: its offset in `plain` and
     /// its copy.
     run: Option<(usize, Bytes)>,
@@ -727,6 +799,21 @@ struct Delivery<'a> {
 }
 
 impl Delivery<'_> {
+    /// Appends `data`, a piece of a message, to its reassembly buffer,
+    /// decrypting it on the way if it is still sealed.
+    fn append(&mut self, data: &[u8], buf: &mut BytesMut) {
+        let from = data.as_ptr() as usize - self.plain.as_ptr() as usize;
+        match (self.sealed.get(self.next_sealed), &mut self.stream) {
+            (Some(&(start, end)), Some(ks)) if start == from && end == from + data.len() => {
+                self.next_sealed += 1;
+                let at = buf.len();
+                buf.resize(at + data.len(), 0);
+                ks.apply_into(from, data, &mut buf[at..]);
+            }
+            _ => buf.extend_from_slice(data),
+        }
+    }
+
     /// The payload of a message that arrived whole (`data` is a slice of
     /// the record). Small ones are slices of one copy of the run of small
     /// whole messages they belong to, so a record of many small messages
@@ -876,6 +963,37 @@ mod tests {
         // (The allocator might hand out freed addresses again anyway; the
         // kept buffers show it: three, not six.)
         assert_eq!((s.spare.len(), s.spare_bytes), (3, 6000));
+    }
+
+    #[test]
+    fn large_pieces_decrypted_straight_into_reassembly_match_the_plaintext() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let a: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let b: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 1) as u8).collect();
+        // Record 1: a piece of A (sealed), a whole small message, a piece of
+        // B (sealed), a tiny piece of A (not sealed), a credit update.
+        let mut r1 = Vec::new();
+        chunk(&mut r1, 1, Some((0, a.len() as u64)), false, &a[..2500]);
+        chunk(&mut r1, 2, Some((1, 5)), true, b"whole");
+        chunk(&mut r1, 2, Some((2, b.len() as u64)), false, &b[..1500]);
+        chunk(&mut r1, 1, None, false, &a[2500..2510]);
+        crate::flow::write_update(&mut r1, 1, 100);
+        // Record 2: the rest of both (sealed), then padding.
+        let mut r2 = Vec::new();
+        chunk(&mut r2, 2, None, true, &b[1500..]);
+        chunk(&mut r2, 1, None, true, &a[2510..]);
+        r2.extend_from_slice(&[0, 0xee, 0xee]);
+        let mut got = feed(&mut s, &mut c, &r1, &config).unwrap();
+        got.extend(feed(&mut s, &mut c, &r2, &config).unwrap());
+        let payloads: Vec<(u32, Vec<u8>)> = got
+            .into_iter()
+            .map(|e| match e {
+                Event::Message { msg_type, payload, .. } => (msg_type, payload.to_vec()),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, vec![(1, b"whole".to_vec()), (2, b), (0, a)]);
     }
 
     #[test]

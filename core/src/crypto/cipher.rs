@@ -1,6 +1,6 @@
 //! The Noise `CipherState` for ChaCha20-Poly1305: a key and a 64-bit counter nonce.
 
-use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
@@ -119,6 +119,50 @@ impl CipherState {
             .map_err(|_| CryptoError::Decrypt)
     }
 
+    /// Checks `tag` over `ciphertext` and `ad` under the next nonce and
+    /// returns the keystream that decrypts it, without decrypting anything,
+    /// so that the caller can decrypt each part where it is needed (in
+    /// place, or straight into another buffer). Consumes the nonce, as
+    /// [`open_in_place`](Self::open_in_place) does.
+    pub(crate) fn verify(
+        &mut self,
+        ad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<Keystream, CryptoError> {
+        let n = self.take_nonce()?;
+        let (stream, mac_key) = keystream(&self.key, &n);
+        let expected: [u8; TAG_LEN] = if ciphertext.len() <= SHORT_MAX {
+            let mut mac = Poly1305::new(&mac_key);
+            mac.update_padded(ad);
+            mac.update_padded(ciphertext);
+            mac.update_lengths(ad.len(), ciphertext.len());
+            mac.finalize()
+        } else {
+            use poly1305::universal_hash::{KeyInit as _, UniversalHash as _};
+            let mut mac = poly1305::Poly1305::new((&mac_key).into());
+            mac.update_padded(ad);
+            mac.update_padded(ciphertext);
+            let mut lengths = [0u8; 16];
+            lengths[..8].copy_from_slice(&(ad.len() as u64).to_le_bytes());
+            lengths[8..].copy_from_slice(&(ciphertext.len() as u64).to_le_bytes());
+            mac.update_padded(&lengths);
+            mac.finalize().into()
+        };
+        if !bool::from(expected.ct_eq(tag)) {
+            return Err(CryptoError::Decrypt);
+        }
+        Ok(Keystream(stream))
+    }
+
+    /// The keystream of the ciphertext this state verified or opened with
+    /// nonce `n` (see [`verify`](Self::verify)), again.
+    pub(crate) fn keystream(&self, n: u64) -> Keystream {
+        let mut stream = ChaCha20::new((&self.key).into(), &nonce_bytes(n));
+        stream.seek(Keystream::START);
+        Keystream(stream)
+    }
+
     /// Appends `ENCRYPT(k, n, ad, plaintext)` (ciphertext and tag) to `out`.
     pub(crate) fn seal_append(
         &mut self,
@@ -196,13 +240,47 @@ pub(crate) fn check_short_path(key: &[u8; 32], n: u64, ad: &[u8], plain: &[u8], 
 }
 
 /// The ChaCha20 keystream for `key` and `nonce`, positioned at block 1,
-/// and the Poly1305 state keyed by block 0 (RFC 8439 §2.6, §2.8).
-fn short_start(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, Poly1305) {
+/// and the Poly1305 key, block 0 (RFC 8439 §2.6, §2.8).
+fn keystream(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, [u8; 32]) {
     let mut stream = ChaCha20::new(key.into(), nonce);
     let mut block0 = [0u8; 64];
     stream.apply_keystream(&mut block0);
-    let mac = Poly1305::new(block0[..32].try_into().expect("32 bytes"));
-    (stream, mac)
+    (stream, block0[..32].try_into().expect("32 bytes"))
+}
+
+/// [`keystream`], with the portable Poly1305 keyed.
+fn short_start(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, Poly1305) {
+    let (stream, mac_key) = keystream(key, nonce);
+    (stream, Poly1305::new(&mac_key))
+}
+
+/// The keystream of one verified ciphertext (see [`CipherState::verify`]):
+/// decrypts any part of it, given the part's offset in the ciphertext.
+pub(crate) struct Keystream(ChaCha20);
+
+impl Keystream {
+    /// Position of ciphertext offset 0 in the ChaCha20 stream (block 1).
+    const START: u64 = 64;
+
+    /// Decrypts `buf`, the ciphertext at `offset`, in place.
+    pub(crate) fn apply(&mut self, offset: usize, buf: &mut [u8]) {
+        self.0.seek(Self::START + offset as u64);
+        self.0.apply_keystream(buf);
+    }
+
+    /// Decrypts `input`, the ciphertext at `offset`, into `output` (of the
+    /// same length).
+    pub(crate) fn apply_into(&mut self, offset: usize, input: &[u8], output: &mut [u8]) {
+        self.0.seek(Self::START + offset as u64);
+        // Both lengths come from one chunk: they are equal.
+        let _ = self.0.apply_keystream_b2b(input, output);
+    }
+}
+
+impl fmt::Debug for Keystream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keystream")
+    }
 }
 
 /// RFC 8439 ChaCha20-Poly1305 encryption of `buf` in place; returns the tag.
@@ -327,6 +405,32 @@ mod tests {
             flip in proptest::num::usize::ANY,
         ) {
             check_short_path(&key, n, &ad, &plain, flip);
+        }
+    }
+
+    #[test]
+    fn verify_then_decrypt_in_parts_equals_open_at_every_size_path() {
+        for len in [0usize, 1, 100, SHORT_MAX, SHORT_MAX + 1, 20_000, 65_519] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let mut sender = CipherState::new([4; 32]);
+            let mut ct = plain.clone();
+            let tag = sender.seal_in_place(b"ad", &mut ct).unwrap();
+            // Half in place, half into another buffer.
+            let mut receiver = CipherState::new([4; 32]);
+            let mut ks = receiver.verify(b"ad", &ct, &tag).expect("authentic");
+            let mid = len / 2;
+            let mut back = ct.clone();
+            ks.apply(0, &mut back[..mid]);
+            let mut tail = alloc::vec![0u8; len - mid];
+            ks.apply_into(mid, &ct[mid..], &mut tail);
+            back[mid..].copy_from_slice(&tail);
+            assert_eq!(back, plain, "length {len}");
+            // A flipped bit, a wrong nonce or other associated data fail.
+            let mut bad = tag;
+            bad[3] ^= 4;
+            assert_eq!(CipherState::new([4; 32]).verify(b"ad", &ct, &bad).err(), Some(CryptoError::Decrypt));
+            assert_eq!(receiver.verify(b"ad", &ct, &tag).err(), Some(CryptoError::Decrypt), "next nonce");
+            assert_eq!(CipherState::new([4; 32]).verify(b"ae", &ct, &tag).err(), Some(CryptoError::Decrypt));
         }
     }
 
