@@ -463,13 +463,21 @@ impl Session {
         // straight into their reassembly buffers (`Delivery::append`),
         // which saves copying them. Only headers are read here, and only
         // to find the chunks; `process_record` checks everything.
+        // `done`: everything before it is decrypted (or sealed). Decrypting
+        // goes ahead in windows of at least `WINDOW` bytes, ending on block
+        // boundaries, so that a record of many small chunks takes a few
+        // long keystream calls, not two short ones per chunk.
+        const WINDOW: usize = 1024;
+        let ensure = |ks: &mut Keystream, ct: &mut [u8], done: &mut usize, upto: usize| {
+            if *done < upto {
+                let next = (upto.max(*done + WINDOW).next_multiple_of(64)).min(ct.len());
+                ks.apply(*done, &mut ct[*done..next]);
+                *done = next;
+            }
+        };
         let (mut pos, mut done) = (0, 0);
         while pos < len {
-            let window = (pos + chunk::MAX_HEADER).min(len);
-            if done < window {
-                ks.apply(done, &mut ct[done..window]);
-                done = window;
-            }
+            ensure(&mut ks, ct, &mut done, (pos + chunk::MAX_HEADER).min(len));
             let mut r = Reader::new(&ct[pos..]);
             let Ok(Some(c)) = chunk::decode(&mut r) else { break };
             let end = len - r.remaining().len();
@@ -478,28 +486,21 @@ impl Session {
                     if channel != 0 && !(start.is_some() && last) && data.len() >= SEALED_MIN =>
                 {
                     let from = end - data.len();
-                    // Bytes the header window decrypted go back to ciphertext.
+                    // Bytes a window decrypted go back to ciphertext.
                     if done > from {
-                        ks.apply(from, &mut ct[from..done]);
+                        ks.apply(from, &mut ct[from..done.min(end)]);
                     }
                     self.sealed.push((from, end));
-                    done = end;
+                    done = done.max(end);
                 }
                 // The rest of the record is ignored: nothing to decrypt.
                 Chunk::Padding => done = len,
-                _ => {
-                    if done < end {
-                        ks.apply(done, &mut ct[done..end]);
-                        done = end;
-                    }
-                }
+                _ => {}
             }
             pos = end;
         }
-        // After a malformed chunk, everything (`process_record` reports it).
-        if done < len {
-            ks.apply(done, &mut ct[done..]);
-        }
+        // The rest, also after a malformed chunk (`process_record` reports it).
+        ensure(&mut ks, ct, &mut done, len);
         // The nonce just used (`verify` took it).
         self.sealed_nonce = (!self.sealed.is_empty()).then(|| self.recv.nonce() - 1);
         Ok(len)
@@ -771,7 +772,7 @@ impl Session {
 
 /// Pieces of messages at least this large are decrypted straight into
 /// their reassembly buffers (see [`Session::open_record`]).
-const SEALED_MIN: usize = 1024;
+const SEALED_MIN: usize = 8192;
 
 /// Most reassembly buffers a session keeps for reuse.
 const MAX_SPARE: usize = 128;
@@ -969,20 +970,20 @@ mod tests {
     fn large_pieces_decrypted_straight_into_reassembly_match_the_plaintext() {
         let config = Config::default();
         let (mut s, mut c) = receiver(&config);
-        let a: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let b: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let a: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+        let b: Vec<u8> = (0..30_000u32).map(|i| (i * 13 + 1) as u8).collect();
         // Record 1: a piece of A (sealed), a whole small message, a piece of
         // B (sealed), a tiny piece of A (not sealed), a credit update.
         let mut r1 = Vec::new();
-        chunk(&mut r1, 1, Some((0, a.len() as u64)), false, &a[..2500]);
+        chunk(&mut r1, 1, Some((0, a.len() as u64)), false, &a[..25_000]);
         chunk(&mut r1, 2, Some((1, 5)), true, b"whole");
-        chunk(&mut r1, 2, Some((2, b.len() as u64)), false, &b[..1500]);
-        chunk(&mut r1, 1, None, false, &a[2500..2510]);
+        chunk(&mut r1, 2, Some((2, b.len() as u64)), false, &b[..15_000]);
+        chunk(&mut r1, 1, None, false, &a[25_000..25_010]);
         crate::flow::write_update(&mut r1, 1, 100);
         // Record 2: the rest of both (sealed), then padding.
         let mut r2 = Vec::new();
-        chunk(&mut r2, 2, None, true, &b[1500..]);
-        chunk(&mut r2, 1, None, true, &a[2510..]);
+        chunk(&mut r2, 2, None, true, &b[15_000..]);
+        chunk(&mut r2, 1, None, true, &a[25_010..]);
         r2.extend_from_slice(&[0, 0xee, 0xee]);
         let mut got = feed(&mut s, &mut c, &r1, &config).unwrap();
         got.extend(feed(&mut s, &mut c, &r2, &config).unwrap());
