@@ -28,10 +28,10 @@ pub(crate) const FRAME_HEADER: usize = 2;
 /// The phase a connection is in.
 pub(crate) enum Phase {
     /// Handshake frames are exchanged.
-    Handshake(Handshake),
+    Handshake(alloc::boxed::Box<Handshake>),
     /// Records are exchanged.
     Established {
-        session: Session,
+        session: alloc::boxed::Box<Session>,
         /// `PeerConnected` was emitted.
         announced: bool,
         /// The path the handshake took.

@@ -316,7 +316,7 @@ impl Node {
             id,
             Connection {
                 direction,
-                phase: Phase::Handshake(Handshake::respond()),
+                phase: Phase::Handshake(Box::new(Handshake::respond())),
                 partial: Vec::new(),
                 plain_out: Vec::new(),
                 write_in_flight: false,
@@ -356,7 +356,7 @@ impl Node {
         let conn = self.connections.get_mut(&id).expect("inserted above");
         match hs {
             Ok(hs) => {
-                conn.phase = Phase::Handshake(hs);
+                conn.phase = Phase::Handshake(Box::new(hs));
                 conn.push_plain_frame(&first);
             }
             Err(e) => self.close(id, CloseCause { reason: e.reason(), remote: false }, now),
@@ -611,7 +611,8 @@ impl Node {
             session.start_ping(now);
         }
         let has_shared = !session.protocols().is_empty();
-        conn.phase = Phase::Established { session, announced: false, path, ticket: Some(ticket) };
+        conn.phase =
+            Phase::Established { session: Box::new(session), announced: false, path, ticket: Some(ticket) };
         let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;
         if hello.wire_version != WIRE_VERSION {
             return Err(fail(DisconnectReason::IncompatibleVersion));

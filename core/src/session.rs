@@ -104,6 +104,9 @@ pub(crate) struct Session {
     control: VecDeque<Control>,
     /// Bytes reserved by the channels' partial messages.
     reassembly_bytes: usize,
+    /// Large pieces of payload in the record being written, encrypted from
+    /// their messages at sealing time (offset in the record, piece).
+    unsealed: Vec<(usize, Bytes)>,
     /// Parts of the record being opened that stay encrypted until
     /// `process_record` (see [`Session::open_record`]), and its nonce.
     sealed: Vec<(usize, usize)>,
@@ -169,6 +172,7 @@ impl Session {
             queued_bytes: 0,
             control: VecDeque::new(),
             reassembly_bytes: 0,
+            unsealed: Vec::new(),
             sealed: Vec::new(),
             sealed_nonce: None,
             spare: Vec::new(),
@@ -388,7 +392,13 @@ impl Session {
                 let at = buf.len();
                 buf.resize(at + hl, 0);
                 chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
-                buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
+                if take >= SEALED_MIN {
+                    // Encrypted from the payload at sealing time (no copy).
+                    self.unsealed.push((buf.len() - start, m.payload.slice(m.offset..m.offset + take)));
+                    buf.resize(buf.len() + take, 0);
+                } else {
+                    buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
+                }
                 dequeued += take;
                 let st = &mut channels[idx].stats;
                 st.bytes_out += take as u64;
@@ -409,7 +419,9 @@ impl Session {
             // zero tag byte, and the rest of the record is ignored).
             let plain_len = config.padded_len(plain_len);
             buf.resize(start + plain_len, 0);
-            let tag = self.send.seal_in_place(&[], &mut buf[start..])?;
+            let tag = self.send.seal_with_parts(&[], &mut buf[start..], &self.unsealed);
+            self.unsealed.clear();
+            let tag = tag?;
             buf.extend_from_slice(&tag);
             let body_len = (plain_len + TAG_LEN) as u16;
             buf[len_pos..len_pos + 2].copy_from_slice(&body_len.to_be_bytes());

@@ -1,5 +1,6 @@
 //! The Noise `CipherState` for ChaCha20-Poly1305: a key and a 64-bit counter nonce.
 
+use bytes::Bytes;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -132,27 +133,39 @@ impl CipherState {
     ) -> Result<Keystream, CryptoError> {
         let n = self.take_nonce()?;
         let (stream, mac_key) = keystream(&self.key, &n);
-        let expected: [u8; TAG_LEN] = if ciphertext.len() <= SHORT_MAX {
-            let mut mac = Poly1305::new(&mac_key);
-            mac.update_padded(ad);
-            mac.update_padded(ciphertext);
-            mac.update_lengths(ad.len(), ciphertext.len());
-            mac.finalize()
-        } else {
-            use poly1305::universal_hash::{KeyInit as _, UniversalHash as _};
-            let mut mac = poly1305::Poly1305::new((&mac_key).into());
-            mac.update_padded(ad);
-            mac.update_padded(ciphertext);
-            let mut lengths = [0u8; 16];
-            lengths[..8].copy_from_slice(&(ad.len() as u64).to_le_bytes());
-            lengths[8..].copy_from_slice(&(ciphertext.len() as u64).to_le_bytes());
-            mac.update_padded(&lengths);
-            mac.finalize().into()
-        };
+        let expected = mac(&mac_key, ad, ciphertext);
         if !bool::from(expected.ct_eq(tag)) {
             return Err(CryptoError::Decrypt);
         }
         Ok(Keystream(stream))
+    }
+
+    /// Seals `buf` in place like [`seal_in_place`](Self::seal_in_place),
+    /// except that each of `parts` (offset in `buf`, plaintext) is
+    /// encrypted from its own buffer into `buf` at that offset, which saves
+    /// copying it there first; what `buf` holds at those places is
+    /// overwritten. `parts` are in order and do not overlap.
+    pub(crate) fn seal_with_parts(
+        &mut self,
+        ad: &[u8],
+        buf: &mut [u8],
+        parts: &[(usize, Bytes)],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        if parts.is_empty() {
+            return self.seal_in_place(ad, buf);
+        }
+        let n = self.take_nonce()?;
+        let (stream, mac_key) = keystream(&self.key, &n);
+        let mut ks = Keystream(stream);
+        let mut pos = 0;
+        for (at, plain) in parts {
+            let end = at + plain.len();
+            ks.apply(pos, &mut buf[pos..*at]);
+            ks.apply_into(*at, plain, &mut buf[*at..end]);
+            pos = end;
+        }
+        ks.apply(pos, &mut buf[pos..]);
+        Ok(mac(&mac_key, ad, buf))
     }
 
     /// The keystream of the ciphertext this state verified or opened with
@@ -246,6 +259,28 @@ fn keystream(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, [u8; 32]) {
     let mut block0 = [0u8; 64];
     stream.apply_keystream(&mut block0);
     (stream, block0[..32].try_into().expect("32 bytes"))
+}
+
+/// The RFC 8439 tag of `ciphertext` and `ad` under Poly1305 key `mac_key`:
+/// the portable Poly1305 for short inputs, the crate's for long ones.
+fn mac(mac_key: &[u8; 32], ad: &[u8], ciphertext: &[u8]) -> [u8; TAG_LEN] {
+    if ciphertext.len() <= SHORT_MAX {
+        let mut mac = Poly1305::new(mac_key);
+        mac.update_padded(ad);
+        mac.update_padded(ciphertext);
+        mac.update_lengths(ad.len(), ciphertext.len());
+        mac.finalize()
+    } else {
+        use poly1305::universal_hash::{KeyInit as _, UniversalHash as _};
+        let mut mac = poly1305::Poly1305::new(mac_key.into());
+        mac.update_padded(ad);
+        mac.update_padded(ciphertext);
+        let mut lengths = [0u8; 16];
+        lengths[..8].copy_from_slice(&(ad.len() as u64).to_le_bytes());
+        lengths[8..].copy_from_slice(&(ciphertext.len() as u64).to_le_bytes());
+        mac.update_padded(&lengths);
+        mac.finalize().into()
+    }
 }
 
 /// [`keystream`], with the portable Poly1305 keyed.
@@ -431,6 +466,26 @@ mod tests {
             assert_eq!(CipherState::new([4; 32]).verify(b"ad", &ct, &bad).err(), Some(CryptoError::Decrypt));
             assert_eq!(receiver.verify(b"ad", &ct, &tag).err(), Some(CryptoError::Decrypt), "next nonce");
             assert_eq!(CipherState::new([4; 32]).verify(b"ae", &ct, &tag).err(), Some(CryptoError::Decrypt));
+        }
+    }
+
+    #[test]
+    fn sealing_parts_from_their_own_buffers_equals_sealing_in_place() {
+        for len in [200usize, SHORT_MAX + 100, 65_519] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 3 + 1) as u8).collect();
+            let parts: Vec<(usize, Bytes)> = [(10, 40), (60, len / 2 - 60), (len / 2 + 5, len - len / 2 - 5)]
+                .iter()
+                .map(|&(at, n)| (at, Bytes::copy_from_slice(&plain[at..at + n])))
+                .collect();
+            let mut expected = plain.clone();
+            let tag = CipherState::new([6; 32]).seal_in_place(b"ad", &mut expected).unwrap();
+            // What the buffer holds at the parts does not matter.
+            let mut buf = plain.clone();
+            for (at, p) in &parts {
+                buf[*at..at + p.len()].fill(0xaa);
+            }
+            let got = CipherState::new([6; 32]).seal_with_parts(b"ad", &mut buf, &parts).unwrap();
+            assert_eq!((got, &buf), (tag, &expected), "length {len}");
         }
     }
 
