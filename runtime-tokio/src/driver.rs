@@ -194,6 +194,12 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self) {
+        // One timer for the whole loop, moved only when the core's deadline
+        // comes earlier than the one it is set to: deadlines that move later
+        // (the credit delay, the idle timeout) leave it alone and cost a
+        // spurious wake at most, instead of a timer registration per turn.
+        let mut sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut armed: Option<StdInstant> = None;
         loop {
             // Timers first, so that busy inputs never starve them.
             let now = self.now();
@@ -204,22 +210,24 @@ impl Driver {
             if self.stopping && self.core.connection_count() == 0 {
                 break;
             }
-            let deadline = self.core.poll_timeout().map(|t| self.to_std(t));
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
+            if let Some(d) = self.core.poll_timeout().map(|t| self.to_std(t)) {
+                if armed.is_none_or(|a| d < a) {
+                    sleep.as_mut().reset(d.into());
+                    armed = Some(d);
                 }
-            };
+            }
             let backlog = !self.backlog.is_empty();
             let events = self.events.clone();
             let ready = self.ready.clone();
             let mut readable = Vec::new();
             tokio::select! {
                 biased;
-                () = sleep => {
+                () = sleep.as_mut(), if armed.is_some() => {
+                    armed = None;
                     let now = self.now();
-                    self.core.handle_timeout(now);
+                    if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                        self.core.handle_timeout(now);
+                    }
                 }
                 // Events the application has not taken yet: while any wait,
                 // the node stops reading the network but keeps serving

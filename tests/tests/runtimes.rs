@@ -271,6 +271,38 @@ async fn garbage_from_a_raw_socket_is_rejected_smol() {
     garbage_is_rejected(Smol).await;
 }
 
+/// The driver's timer fires the core's deadlines: a socket that connects
+/// and sends nothing is closed once the handshake timeout passes, again and
+/// again (the timer is re-armed for later deadlines).
+async fn a_silent_socket_is_closed_at_the_handshake_timeout(rt: Runtime) {
+    let mut config = Config::with_protocols(devp2p_integration::protocols());
+    config.handshake_timeout = Duration::from_millis(300);
+    let (a, mut ea) = spawn_with_config(rt, "127.0.0.1:0", config).await;
+    let addr = a.peer_addr().addr;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let e = expect_event(&mut ea, |e| matches!(e, Event::ConnectionFailed { .. })).await;
+        let Event::ConnectionFailed { reason, .. } = e else { unreachable!() };
+        assert_eq!(reason, DisconnectReason::HandshakeTimeout);
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back)).await.expect("closed");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_closed_at_the_handshake_timeout_tokio() {
+    a_silent_socket_is_closed_at_the_handshake_timeout(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_closed_at_the_handshake_timeout_smol() {
+    a_silent_socket_is_closed_at_the_handshake_timeout(Smol).await;
+}
+
 /// An application that does not read its events must still be able to use
 /// its node (commands and timers keep running while network reading stops),
 /// and then read every message in order; shutdown completes regardless.
