@@ -77,7 +77,11 @@ pub struct Config {
     /// protocol sending alone may use the peer's whole window; with many
     /// busy protocols each keeps less in flight, which bounds what waits
     /// unconsumed at the peer (and keeps it in cache). A channel with
-    /// nothing outstanding may always start a message.
+    /// nothing outstanding may always start a message. With
+    /// `manual_consume`, an application that consumes a protocol's messages
+    /// only once it holds more than this divided by the number of busy
+    /// protocols (several messages' worth) waits for good: consume messages
+    /// as they arrive, or raise this limit.
     pub max_in_flight_per_peer: u64,
     /// Flow control: when false (the default) a message is consumed, and its
     /// credit goes back to the sender, as soon as

@@ -699,7 +699,10 @@ impl Session {
                 && self.reassembly_bytes + self.spare_bytes + p.alloc <= config.max_reassembly_per_peer
             {
                 self.spare_bytes += p.alloc;
-                self.spare.push((p.buf, p.alloc));
+                // An empty handle on the allocation, without the unused
+                // tail a larger reused buffer leaves: `try_reclaim` on it
+                // succeeds only once the application has dropped the message.
+                self.spare.push((p.buf.split_to(0), p.alloc));
             }
             out.events.push_back(Event::Message {
                 peer: self.peer,
@@ -1007,6 +1010,31 @@ mod tests {
             })
             .collect();
         assert_eq!(payloads, vec![(1, b"whole".to_vec()), (2, b), (0, a)]);
+    }
+
+    #[test]
+    fn a_reused_buffer_is_not_shared_with_a_message_the_application_holds() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let mut message = |s: &mut Session, len: usize| -> Bytes {
+            let half = vec![7u8; len / 2];
+            let (mut r1, mut r2) = (Vec::new(), Vec::new());
+            chunk(&mut r1, 1, Some((0, len as u64)), false, &half);
+            chunk(&mut r2, 1, None, true, &half);
+            feed(s, &mut c, &r1, &config).unwrap();
+            match feed(s, &mut c, &r2, &config).unwrap().pop() {
+                Some(Event::Message { payload, .. }) => payload,
+                e => panic!("{e:?}"),
+            }
+        };
+        drop(message(&mut s, 20_000));
+        // The 20,000-byte buffer is reused for a 10,000-byte message, which
+        // the application keeps ...
+        let held = message(&mut s, 10_000);
+        // ... so the next message must not go into the rest of it.
+        let next = message(&mut s, 3_000);
+        let (start, p) = (held.as_ptr() as usize, next.as_ptr() as usize);
+        assert!(!(start..start + 20_000).contains(&p), "shares the held message's allocation");
     }
 
     #[test]

@@ -506,7 +506,7 @@ impl Driver {
         let discarded = &mut self.discarded;
         self.routes.retain(|_, r| {
             if r.batch.is_empty() {
-                return true;
+                return !r.tx.is_closed();
             }
             match r.tx.send(std::mem::take(&mut r.batch)) {
                 Ok(()) => true,
@@ -595,17 +595,15 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
             Event::Message { protocol, .. } => {
-                if let Some(route) = self.routes.get_mut(protocol) {
-                    if route.tx.is_closed() {
-                        // The stream was dropped: later messages go to `Events`.
-                        self.routes.remove(protocol);
-                    } else {
-                        let Event::Message { peer, connection, protocol, msg_type, payload } = ev else {
-                            return;
-                        };
-                        route.batch.push(Message { peer, connection, protocol, msg_type, payload });
+                // Once the stream is dropped, this and later messages go to
+                // `Events`; `flush` counts what the turn's batch held as
+                // discarded and removes the route.
+                if let Some(route) = self.routes.get_mut(protocol).filter(|r| !r.tx.is_closed()) {
+                    let Event::Message { peer, connection, protocol, msg_type, payload } = ev else {
                         return;
-                    }
+                    };
+                    route.batch.push(Message { peer, connection, protocol, msg_type, payload });
+                    return;
                 }
             }
             _ => {}
