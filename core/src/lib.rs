@@ -37,8 +37,6 @@
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
 //! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
-//! | `credit` | (feature `std`) flow-control credit shared between a runtime's readers and driver |
-//! | `runtime` | (feature `std`) the runtimes' shared handle types: `NodeConfig`, `DialError`, `NodeError` |
 //! | `addr` | `NODEID@host:port` addresses |
 //!
 //! The wire format is specified byte for byte in `SPEC.md`.
@@ -47,7 +45,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 extern crate alloc;
-#[cfg(any(feature = "std", test))]
+#[cfg(test)]
 extern crate std;
 
 mod addr;
@@ -55,8 +53,6 @@ mod chunk;
 mod config;
 mod connection;
 mod control;
-#[cfg(feature = "std")]
-mod credit;
 mod crypto;
 mod error;
 mod event;
@@ -69,8 +65,6 @@ mod node;
 mod protocol;
 mod reason;
 mod rng;
-#[cfg(feature = "std")]
-mod runtime;
 mod scheduler;
 mod session;
 mod shaping;
@@ -88,8 +82,6 @@ pub use addr::{ParseAddrError, PeerAddr};
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
-#[cfg(feature = "std")]
-pub use credit::{CreditShared, Taken};
 pub use crypto::{CipherState, CryptoError};
 pub use error::{BatchError, ConnectError, SendError};
 pub use event::{Direction, Event, HandshakePath, Message, UnsentMessage};
@@ -103,7 +95,5 @@ pub use protocol::{HelloError, Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VER
 pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
-#[cfg(feature = "std")]
-pub use runtime::{DialError, NodeConfig, NodeError};
 pub use time::Instant;
 pub use waiters::{Consumed, Outputs, Waiters};

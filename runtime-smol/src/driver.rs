@@ -5,9 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DialError, DisconnectReason, Event,
-    Message, NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, NodeId, Outputs,
+    PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
+use devp2p_runtime::{CreditShared, DialError};
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};

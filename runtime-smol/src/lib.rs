@@ -34,5 +34,5 @@ pub use devp2p_core::{
     Message, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
     UnsentMessage,
 };
-pub use devp2p_core::{DialError, NodeConfig, NodeError};
+pub use devp2p_runtime::{DialError, NodeConfig, NodeError};
 pub use handle::{Events, Messages, Node};

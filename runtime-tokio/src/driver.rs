@@ -8,9 +8,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, CreditShared, DialError, DisconnectReason, Event,
-    Message, NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, NodeId, Outputs,
+    PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
+use devp2p_runtime::{CreditShared, DialError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, CreditShared, DialError, Event, Keypair, Message, NodeConfig, NodeError,
-    NodeId, PeerMetrics, ProtocolId, SendError, Taken,
+    BatchError, Broadcast, Bytes, Event, Keypair, Message, NodeId, PeerMetrics, ProtocolId, SendError,
 };
+use devp2p_runtime::{CreditShared, DialError, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};

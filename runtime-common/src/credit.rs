@@ -1,17 +1,12 @@
-//! Returning flow-control credit from a runtime (feature `std`): the
+//! Returning flow-control credit from a runtime: the
 //! messages the application takes are noted where it reads, on its own
 //! task, and handed in batches to the driver task, which returns their
 //! credit to the node with [`Consumed::apply`]. Used with
-//! [`Config::manual_consume`](crate::Config::manual_consume).
+//! [`Config::manual_consume`](devp2p_core::Config::manual_consume).
 
-use alloc::boxed::Box;
-use alloc::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::connection::ConnectionId;
-use crate::event::{Event, Message};
-use crate::protocol::ProtocolId;
-use crate::waiters::Consumed;
+use devp2p_core::{ConnectionId, Consumed, Event, Message, ProtocolId, MESSAGE_OVERHEAD};
 
 /// Notes are handed over at this flow-control cost, or before the reader waits.
 const FLUSH_AT: u64 = 64 << 10;
@@ -91,7 +86,7 @@ impl Taken {
                 *run = Some(Run { connection, protocol, messages: 1, bytes: len as u64 });
             }
         }
-        let run_cost = self.run.map_or(0, |r| r.bytes + r.messages * crate::MESSAGE_OVERHEAD);
+        let run_cost = self.run.map_or(0, |r| r.bytes + r.messages * MESSAGE_OVERHEAD);
         if self.local.pending() + run_cost >= FLUSH_AT {
             self.flush();
         }
@@ -124,8 +119,8 @@ impl Drop for Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NodeId, ProtocolId};
     use core::sync::atomic::{AtomicUsize, Ordering};
+    use devp2p_core::{NodeId, ProtocolId};
 
     #[test]
     fn notes_are_batched_and_the_driver_is_woken_once_per_batch() {
@@ -141,7 +136,7 @@ mod tests {
             connection: ConnectionId(3),
             protocol: ProtocolId(2),
             msg_type: 0,
-            payload: alloc::vec![0; len].into(),
+            payload: vec![0; len].into(),
         };
         a.message(&m(100));
         assert_eq!(wakes.load(Ordering::Relaxed), 0, "small notes wait");
@@ -159,6 +154,6 @@ mod tests {
         b.message(&m(1));
         drop(b);
         assert_eq!(wakes.load(Ordering::Relaxed), 2);
-        assert_eq!(shared.take().pending(), 1 + crate::MESSAGE_OVERHEAD);
+        assert_eq!(shared.take().pending(), 1 + MESSAGE_OVERHEAD);
     }
 }

@@ -1,16 +1,12 @@
-//! What the runtimes' public handles share (feature `std`): how to start a
+//! What the runtimes' public handles share: how to start a
 //! node and the errors of its commands. `devp2p-tokio` and `devp2p-smol`
 //! re-export these, so both have the same API shape.
 
-use alloc::vec::Vec;
-use core::fmt;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::config::Config;
-use crate::error::{ConnectError, SendError};
-use crate::identity::Keypair;
-use crate::reason::DisconnectReason;
+use devp2p_core::{Config, ConnectError, DisconnectReason, Keypair, SendError};
 
 /// How to start a node.
 #[derive(Debug, Clone)]
@@ -71,7 +67,7 @@ impl fmt::Display for DialError {
     }
 }
 
-impl core::error::Error for DialError {}
+impl std::error::Error for DialError {}
 
 /// Why a command failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +88,7 @@ impl fmt::Display for NodeError {
     }
 }
 
-impl core::error::Error for NodeError {}
+impl std::error::Error for NodeError {}
 
 impl From<NodeError> for io::Error {
     fn from(e: NodeError) -> Self {
