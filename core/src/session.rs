@@ -244,10 +244,10 @@ impl Session {
         !self.control.is_empty()
             || self.updates_due
             || self.cover_pending
-            || (!self.scheduler.is_empty()
-                && self.scheduler.has_ready(|i, len| {
-                    self.channels[i].credit.may_start(flow::cost(len), self.in_flight_share())
-                }))
+            || (!self.scheduler.is_empty() && {
+                let share = self.in_flight_share();
+                self.scheduler.has_ready(|i, len| self.channels[i].credit.may_start(flow::cost(len), share))
+            })
     }
 
     /// How much credit each channel with data queued may have outstanding

@@ -127,6 +127,8 @@ pub(crate) struct Driver {
     discarded: Consumed,
     /// Connections whose sockets became readable.
     ready: Arc<ReadyQueue>,
+    /// The connections taken from `ready` (kept to reuse its allocation).
+    readable: Vec<ConnectionId>,
     read_buf: Vec<u8>,
 }
 
@@ -182,6 +184,7 @@ impl Driver {
             credit_rx,
             discarded: Consumed::default(),
             ready: Arc::default(),
+            readable: Vec::new(),
             read_buf: Vec::with_capacity(READ_CHUNK),
         }
     }
@@ -220,7 +223,8 @@ impl Driver {
             let backlog = !self.backlog.is_empty();
             let events = self.events.clone();
             let ready = self.ready.clone();
-            let mut readable = Vec::new();
+            let mut readable = std::mem::take(&mut self.readable);
+            readable.clear();
             tokio::select! {
                 biased;
                 () = sleep.as_mut(), if armed.is_some() => {
@@ -264,6 +268,7 @@ impl Driver {
                     self.read_sockets(&readable);
                 }
             }
+            self.readable = readable;
             // Whatever woke the driver, it also takes the other inputs that
             // are ready, so that none starves another (a busy socket is
             // queued again after every turn; commands can come in floods).
@@ -313,11 +318,13 @@ impl Driver {
             }
         }
         if self.backlog.is_empty() {
-            let mut readable = Vec::new();
+            let mut readable = std::mem::take(&mut self.readable);
+            readable.clear();
             self.ready.take(&mut readable);
             if !readable.is_empty() {
                 self.read_sockets(&readable);
             }
+            self.readable = readable;
         }
     }
 

@@ -283,12 +283,6 @@ fn mac(mac_key: &[u8; 32], ad: &[u8], ciphertext: &[u8]) -> [u8; TAG_LEN] {
     }
 }
 
-/// [`keystream`], with the portable Poly1305 keyed.
-fn short_start(key: &[u8; 32], nonce: &Nonce) -> (ChaCha20, Poly1305) {
-    let (stream, mac_key) = keystream(key, nonce);
-    (stream, Poly1305::new(&mac_key))
-}
-
 /// The keystream of one verified ciphertext (see [`CipherState::verify`]):
 /// decrypts any part of it, given the part's offset in the ciphertext.
 pub(crate) struct Keystream(ChaCha20);
@@ -320,12 +314,9 @@ impl fmt::Debug for Keystream {
 
 /// RFC 8439 ChaCha20-Poly1305 encryption of `buf` in place; returns the tag.
 fn short_seal(key: &[u8; 32], nonce: &Nonce, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-    let (mut stream, mut mac) = short_start(key, nonce);
+    let (mut stream, mac_key) = keystream(key, nonce);
     stream.apply_keystream(buf);
-    mac.update_padded(ad);
-    mac.update_padded(buf);
-    mac.update_lengths(ad.len(), buf.len());
-    mac.finalize()
+    mac(&mac_key, ad, buf)
 }
 
 /// RFC 8439 ChaCha20-Poly1305 decryption of `buf` in place, after the tag
@@ -337,11 +328,8 @@ fn short_open(
     buf: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<(), CryptoError> {
-    let (mut stream, mut mac) = short_start(key, nonce);
-    mac.update_padded(ad);
-    mac.update_padded(buf);
-    mac.update_lengths(ad.len(), buf.len());
-    if !bool::from(mac.finalize().ct_eq(tag)) {
+    let (mut stream, mac_key) = keystream(key, nonce);
+    if !bool::from(mac(&mac_key, ad, buf).ct_eq(tag)) {
         return Err(CryptoError::Decrypt);
     }
     stream.apply_keystream(buf);
