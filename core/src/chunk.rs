@@ -77,6 +77,7 @@ fn usize_len(v: u64) -> Result<usize, ChunkError> {
 pub(crate) const MAX_HEADER: usize = 1 + 4 * 8;
 
 /// Decodes the next chunk from `r`. Returns `Ok(None)` at the end of the record.
+#[inline]
 pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkError> {
     if r.is_empty() {
         return Ok(None);

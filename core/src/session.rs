@@ -111,6 +111,13 @@ pub(crate) struct Session {
     /// `process_record` (see [`Session::open_record`]), and its nonce.
     sealed: Vec<(usize, usize)>,
     sealed_nonce: Option<u64>,
+    /// Runs of small whole messages in the record being opened (offset
+    /// ranges from the first payload to the end of the last, in order),
+    /// found by `open_record` for [`Delivery::whole_payload`].
+    runs: Vec<(usize, usize)>,
+    /// Where the copies of those runs are cut from (see
+    /// [`Delivery::whole_payload`]): one allocation serves many records.
+    run_arena: BytesMut,
     /// Buffers of reassembled messages and their sizes: once the
     /// application drops a message, its allocation is reused for another.
     spare: Vec<(BytesMut, usize)>,
@@ -174,6 +181,8 @@ impl Session {
             reassembly_bytes: 0,
             unsealed: Vec::new(),
             sealed: Vec::new(),
+            runs: Vec::new(),
+            run_arena: BytesMut::new(),
             sealed_nonce: None,
             spare: Vec::new(),
             spare_bytes: 0,
@@ -470,6 +479,7 @@ impl Session {
         t.copy_from_slice(tag);
         let mut ks = self.recv.verify(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
         self.sealed.clear();
+        self.runs.clear();
         // Every chunk is decrypted in place except the data of large pieces
         // of messages being reassembled: `process_record` decrypts those
         // straight into their reassembly buffers (`Delivery::append`),
@@ -488,11 +498,25 @@ impl Session {
             }
         };
         let (mut pos, mut done) = (0, 0);
+        // The last chunk extended the last of `runs`.
+        let mut in_run = false;
         while pos < len {
             ensure(&mut ks, ct, &mut done, (pos + chunk::MAX_HEADER).min(len));
             let mut r = Reader::new(&ct[pos..]);
             let Ok(Some(c)) = chunk::decode(&mut r) else { break };
             let end = len - r.remaining().len();
+            let small_whole = matches!(c, Chunk::Data { channel, start: Some(_), last: true, data }
+                if channel != 0 && data.len() <= SHARED_MAX);
+            if small_whole {
+                match self.runs.last_mut() {
+                    Some(run) if in_run => run.1 = end,
+                    _ => {
+                        let Chunk::Data { data, .. } = c else { unreachable!("matched above") };
+                        self.runs.push((end - data.len(), end));
+                    }
+                }
+            }
+            in_run = small_whole;
             match c {
                 Chunk::Data { channel, start, last, data }
                     if channel != 0 && !(start.is_some() && last) && data.len() >= SEALED_MIN =>
@@ -535,6 +559,9 @@ impl Session {
         let mut out = Delivery {
             plain,
             run: None,
+            runs: core::mem::take(&mut self.runs),
+            next_run: 0,
+            arena: core::mem::take(&mut self.run_arena),
             sealed,
             next_sealed: 0,
             stream: self.sealed_nonce.take().map(|n| self.recv.keystream(n)),
@@ -596,6 +623,9 @@ impl Session {
         }
         self.sealed = out.sealed;
         self.sealed.clear();
+        self.runs = out.runs;
+        self.runs.clear();
+        self.run_arena = out.arena;
         Ok(outcome)
     }
 
@@ -792,6 +822,9 @@ const SEALED_MIN: usize = 8192;
 /// Most reassembly buffers a session keeps for reuse.
 const MAX_SPARE: usize = 128;
 
+/// Bytes a session's run arena allocates at a time: a record's worth.
+const RUN_ARENA: usize = 64 << 10;
+
 /// Messages up to this size that arrive whole in one record share one
 /// allocation with their neighbours (see [`Delivery::whole_payload`]).
 const SHARED_MAX: usize = 4096;
@@ -808,9 +841,14 @@ struct Delivery<'a> {
     next_sealed: usize,
     /// The record's keystream, if some parts are sealed.
     stream: Option<Keystream>,
-    /// The current run of small whole messages: its offset in `plain` and
-    /// its copy.
+    /// The runs of small whole messages `open_record` found, and the
+    /// first not yet behind the message being delivered.
+    runs: Vec<(usize, usize)>,
+    next_run: usize,
+    /// The copy of the current run and its offset in `plain`.
     run: Option<(usize, Bytes)>,
+    /// The session's `run_arena`.
+    arena: BytesMut,
     events: &'a mut VecDeque<Event>,
 }
 
@@ -832,38 +870,38 @@ impl Delivery<'_> {
 
     /// The payload of a message that arrived whole (`data` is a slice of
     /// the record). Small ones are slices of one copy of the run of small
-    /// whole messages they belong to, so a record of many small messages
-    /// costs one allocation, not one per message. A payload kept alive
-    /// keeps its run (at most one record) alive; larger messages are copied
-    /// alone.
+    /// whole messages they belong to, cut from the session's run arena, so
+    /// many small messages cost one allocation (64 KiB), not one each. A
+    /// payload kept alive keeps that allocation alive; larger messages are
+    /// copied alone.
     fn whole_payload(&mut self, data: &[u8]) -> Bytes {
         if data.len() > SHARED_MAX {
             return Bytes::copy_from_slice(data);
         }
-        let plain = self.plain;
-        let off = data.as_ptr() as usize - plain.as_ptr() as usize;
+        let off = data.as_ptr() as usize - self.plain.as_ptr() as usize;
         let end = off + data.len();
-        match &self.run {
-            Some((base, bytes)) if off >= *base && end <= *base + bytes.len() => {
-                bytes.slice(off - *base..end - *base)
-            }
-            _ => {
-                // A new run: this message and the small whole ones right after it.
-                let mut run_end = end;
-                let mut r = Reader::new(&plain[end..]);
-                while let Ok(Some(Chunk::Data { channel, start: Some(_), last: true, data })) =
-                    chunk::decode(&mut r)
-                {
-                    if channel == 0 || data.len() > SHARED_MAX {
-                        break;
+        while self.runs.get(self.next_run).is_some_and(|&(_, e)| e < end) {
+            self.next_run += 1;
+        }
+        match self.runs.get(self.next_run) {
+            Some(&(base, run_end)) if base <= off => {
+                let bytes = match &self.run {
+                    Some((b, bytes)) if *b == base => bytes,
+                    _ => {
+                        let run = &self.plain[base..run_end];
+                        if self.arena.capacity() < run.len() {
+                            // A fresh allocation, unless the application
+                            // has dropped every message of the last one.
+                            self.arena.reserve(run.len().max(RUN_ARENA));
+                        }
+                        self.arena.extend_from_slice(run);
+                        &self.run.insert((base, self.arena.split().freeze())).1
                     }
-                    run_end = data.as_ptr() as usize - plain.as_ptr() as usize + data.len();
-                }
-                let bytes = Bytes::copy_from_slice(&plain[off..run_end]);
-                let payload = bytes.slice(..data.len());
-                self.run = Some((off, bytes));
-                payload
+                };
+                bytes.slice(off - base..end - base)
             }
+            // Not in a run `open_record` found: copied alone.
+            _ => Bytes::copy_from_slice(data),
         }
     }
 }
@@ -948,6 +986,40 @@ mod tests {
         for other in [&p[2], &p[3]] {
             assert!(at(other) < at(&p[0]) || at(other) >= at(&p[1]) + 3);
         }
+    }
+
+    #[test]
+    fn runs_of_later_records_are_cut_from_the_same_allocation() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        let payloads = |ev: Vec<Event>| -> Vec<Bytes> {
+            ev.into_iter()
+                .map(|e| match e {
+                    Event::Message { payload, .. } => payload,
+                    e => panic!("{e:?}"),
+                })
+                .collect()
+        };
+        let mut r = Vec::new();
+        chunk(&mut r, 1, Some((0, 3)), true, b"one");
+        chunk(&mut r, 1, Some((0, 3)), true, b"two");
+        let first = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        r.clear();
+        chunk(&mut r, 2, Some((1, 5)), true, b"three");
+        let second = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!([&first[0][..], &first[1][..], &second[0][..]], [&b"one"[..], b"two", b"three"]);
+        // The second record's run starts where the first's ended, in the
+        // same arena, although the first's messages are still held.
+        assert_eq!(second[0].as_ptr() as usize, first[1].as_ptr() as usize + 3);
+        // Messages of many records share one arena allocation.
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            r.clear();
+            chunk(&mut r, 1, Some((0, 64)), true, &[9u8; 64]);
+            held.extend(payloads(feed(&mut s, &mut c, &r, &config).unwrap()));
+        }
+        let span = held[99].as_ptr() as usize - held[0].as_ptr() as usize;
+        assert_eq!(span, 99 * 64);
     }
 
     #[test]

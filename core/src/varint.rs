@@ -75,6 +75,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one byte.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, UnexpectedEnd> {
         let (&b, rest) = self.buf.split_first().ok_or(UnexpectedEnd)?;
         self.buf = rest;
@@ -82,18 +83,30 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint.
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, UnexpectedEnd> {
         let first = *self.buf.first().ok_or(UnexpectedEnd)?;
-        let n = 1usize << (first >> 6);
-        let bytes = self.bytes(n)?;
-        let mut v = u64::from(first & 0x3f);
-        for &b in &bytes[1..] {
-            v = (v << 8) | u64::from(b);
-        }
+        let (v, n) = match first >> 6 {
+            0 => (u64::from(first), 1),
+            1 => match self.buf.get(1) {
+                Some(&b) => (u64::from(first & 0x3f) << 8 | u64::from(b), 2),
+                None => return Err(UnexpectedEnd),
+            },
+            2 => match self.buf.first_chunk::<4>() {
+                Some(b) => (u64::from(u32::from_be_bytes(*b) & 0x3fff_ffff), 4),
+                None => return Err(UnexpectedEnd),
+            },
+            _ => match self.buf.first_chunk::<8>() {
+                Some(b) => (u64::from_be_bytes(*b) & MAX, 8),
+                None => return Err(UnexpectedEnd),
+            },
+        };
+        self.buf = &self.buf[n..];
         Ok(v)
     }
 
     /// Reads `n` bytes.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], UnexpectedEnd> {
         if self.buf.len() < n {
             return Err(UnexpectedEnd);

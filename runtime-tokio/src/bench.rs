@@ -132,13 +132,14 @@ pub async fn messages(count: u64, batch: usize) -> Result<String, String> {
     let mut seq = 0u64;
     while seq < count {
         let n = (count - seq).min(batch as u64);
-        let msgs = (seq..seq + n)
-            .map(|i| {
-                let mut p = [0u8; 64];
-                p[..8].copy_from_slice(&i.to_le_bytes());
-                (0, Bytes::copy_from_slice(&p))
-            })
-            .collect();
+        // The batch's payloads are slices of one buffer (as libp2p's
+        // benchmark writes its messages from one buffer).
+        let mut all = bytes::BytesMut::zeroed(64 * n as usize);
+        for (i, p) in (seq..seq + n).zip(all.chunks_exact_mut(64)) {
+            p[..8].copy_from_slice(&i.to_le_bytes());
+        }
+        let all = all.freeze();
+        let msgs = (0..n as usize).map(|k| (0, all.slice(k * 64..k * 64 + 64))).collect();
         a.send_batch(peer, ProtocolId(0), msgs).await.map_err(|e| e.to_string())?;
         seq += n;
     }

@@ -119,7 +119,7 @@ pub(crate) struct Driver {
     /// Events the application's channel had no room for yet.
     backlog: VecDeque<Event>,
     /// Protocols whose messages have a stream of their own.
-    routes: HashMap<ProtocolId, Route>,
+    routes: Routes,
     /// Messages the application took (from `Events` or `Messages`).
     credit: Arc<CreditShared>,
     credit_rx: mpsc::Receiver<()>,
@@ -179,7 +179,7 @@ impl Driver {
             stopping: false,
             cmd_closed: false,
             backlog: VecDeque::new(),
-            routes: HashMap::new(),
+            routes: Routes::default(),
             credit,
             credit_rx,
             discarded: Consumed::default(),
@@ -436,7 +436,11 @@ impl Driver {
                 self.begin_shutdown();
             }
             Command::Route { protocol, tx } => {
-                self.routes.insert(protocol, Route { tx, batch: Vec::new() });
+                // A protocol the node does not register gets no messages:
+                // its stream ends at once (`tx` is dropped).
+                if usize::from(protocol.0) < self.core.config().protocols.len() {
+                    self.routes.insert(protocol, Route { tx, batch: Vec::new() });
+                }
             }
         }
     }
@@ -512,7 +516,7 @@ impl Driver {
         self.waiters.drain(&mut self.core, now, &mut out);
         // Each stream gets this turn's messages as one batch.
         let discarded = &mut self.discarded;
-        self.routes.retain(|_, r| {
+        self.routes.retain(|r| {
             if r.batch.is_empty() {
                 return !r.tx.is_closed();
             }
@@ -539,12 +543,42 @@ struct Route {
     batch: Vec<Message>,
 }
 
+/// The protocols' own streams, indexed by protocol id (a lookup per
+/// message, so no hashing).
+#[derive(Default)]
+struct Routes(Vec<Option<Route>>);
+
+impl Routes {
+    /// Sets `protocol`'s stream, replacing any earlier one.
+    fn insert(&mut self, protocol: ProtocolId, route: Route) {
+        let i = usize::from(protocol.0);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(route);
+    }
+
+    /// `protocol`'s stream, if it has one.
+    fn get_mut(&mut self, protocol: &ProtocolId) -> Option<&mut Route> {
+        self.0.get_mut(usize::from(protocol.0))?.as_mut()
+    }
+
+    /// Keeps the streams for which `keep` is true.
+    fn retain(&mut self, mut keep: impl FnMut(&mut Route) -> bool) {
+        for slot in &mut self.0 {
+            if slot.as_mut().is_some_and(|r| !keep(r)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
 /// Where the tokio driver puts the core's outputs.
 struct Sink<'a> {
     conns: &'a mut HashMap<ConnectionId, ConnIo>,
     spare: &'a mut Vec<Vec<u8>>,
     backlog: &'a mut VecDeque<Event>,
-    routes: &'a mut HashMap<ProtocolId, Route>,
+    routes: &'a mut Routes,
 }
 
 impl Outputs<DialReply, SendReply> for Sink<'_> {
