@@ -92,14 +92,16 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkE
         }
         0x10..=0x13 => {
             let channel = r.varint()?;
-            let start = if tag & FLAG_FIRST != 0 {
-                Some(MessageStart { msg_type: r.varint()?, total_len: r.varint()? })
+            let last = tag & FLAG_LAST != 0;
+            let (start, len) = if tag & FLAG_FIRST != 0 {
+                let st = MessageStart { msg_type: r.varint()?, total_len: r.varint()? };
+                // A whole message (FIRST + LAST) has no `len`: it is `total_len`.
+                (Some(st), if last { st.total_len } else { r.varint()? })
             } else {
-                None
+                (None, r.varint()?)
             };
-            let len = usize_len(r.varint()?)?;
-            let data = r.bytes(len)?;
-            Chunk::Data { channel, start, last: tag & FLAG_LAST != 0, data }
+            let data = r.bytes(usize_len(len)?)?;
+            Chunk::Data { channel, start, last, data }
         }
         TAG_EXTENSION_MIN..=0xff => {
             let len = usize_len(r.varint()?)?;
@@ -110,15 +112,17 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkE
     Ok(Some(chunk))
 }
 
-/// Length of a data chunk header (everything before the data).
-pub(crate) fn data_header_len(channel: u64, start: Option<MessageStart>, len: u64) -> usize {
-    1 + varint::len(channel)
-        + start.map_or(0, |s| varint::len(s.msg_type) + varint::len(s.total_len))
-        + varint::len(len)
+/// Length of a data chunk header (everything before the data). A whole
+/// message's chunk (`start` and `last`) carries no `len`.
+pub(crate) fn data_header_len(channel: u64, start: Option<MessageStart>, last: bool, len: u64) -> usize {
+    let st = start.map_or(0, |s| varint::len(s.msg_type) + varint::len(s.total_len));
+    let len = if start.is_some() && last { 0 } else { varint::len(len) };
+    1 + varint::len(channel) + st + len
 }
 
 /// Writes a data chunk header into `out` (which must have room for
-/// [`data_header_len`] bytes) and returns its length.
+/// [`data_header_len`] bytes) and returns its length. For a whole message
+/// (`start` and `last`), `len` must be `start.total_len`.
 pub(crate) fn write_data_header(
     out: &mut [u8],
     channel: u64,
@@ -138,11 +142,19 @@ pub(crate) fn write_data_header(
     // Each write fits because the caller reserved data_header_len bytes.
     let mut put = |v: u64, n: &mut usize| *n += varint::write_to(&mut out[*n..], v).unwrap_or(0);
     put(channel, &mut n);
-    if let Some(s) = start {
-        put(s.msg_type, &mut n);
-        put(s.total_len, &mut n);
+    match start {
+        // A whole message: its length is `total_len` (which must equal `len`).
+        Some(s) if last => {
+            put(s.msg_type, &mut n);
+            put(s.total_len, &mut n);
+        }
+        Some(s) => {
+            put(s.msg_type, &mut n);
+            put(s.total_len, &mut n);
+            put(len, &mut n);
+        }
+        None => put(len, &mut n),
     }
-    put(len, &mut n);
     n
 }
 
@@ -154,7 +166,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn encode(channel: u64, start: Option<MessageStart>, last: bool, data: &[u8]) -> Vec<u8> {
-        let mut out = vec![0u8; data_header_len(channel, start, data.len() as u64)];
+        let mut out = vec![0u8; data_header_len(channel, start, last, data.len() as u64)];
         let n = write_data_header(&mut out, channel, start, last, data.len() as u64);
         assert_eq!(n, out.len());
         out.extend_from_slice(data);
@@ -166,6 +178,8 @@ mod tests {
         fn data_roundtrip(channel in 0u64..100_000, first in any::<bool>(), last in any::<bool>(),
                           msg_type in 0u64..1_000_000, total in 0u64..(1 << 40),
                           data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            // A whole message's total is its data length (it has no `len`).
+            let total = if last { data.len() as u64 } else { total };
             let start = first.then_some(MessageStart { msg_type, total_len: total });
             let mut rec = encode(channel, start, last, &data);
             rec.extend(encode(1, None, true, b"x"));
@@ -190,6 +204,16 @@ mod tests {
         assert_eq!(decode(&mut r), Ok(Some(Chunk::Padding)));
         assert_eq!(decode(&mut r), Ok(None));
         assert_eq!(decode(&mut Reader::new(&[0x05])), Err(ChunkError::UnknownTag(5)));
-        assert_eq!(decode(&mut Reader::new(&[0x13, 0x01, 0x00, 0x05, 0x05, 1])), Err(ChunkError::Truncated));
+        assert_eq!(decode(&mut Reader::new(&[0x13, 0x01, 0x00, 0x05, 1])), Err(ChunkError::Truncated));
+        // A whole message has no `len`: its data is `total_len` bytes.
+        assert_eq!(
+            decode(&mut Reader::new(&[0x13, 0x01, 0x02, 0x02, 0x68, 0x69])),
+            Ok(Some(Chunk::Data {
+                channel: 1,
+                start: Some(MessageStart { msg_type: 2, total_len: 2 }),
+                last: true,
+                data: b"hi"
+            }))
+        );
     }
 }

@@ -348,7 +348,7 @@ impl Session {
                     v.len()
                 };
                 let st = Some(MessageStart { msg_type: c.msg_type(), total_len: plen as u64 });
-                let hl = chunk::data_header_len(0, st, plen as u64);
+                let hl = chunk::data_header_len(0, st, true, plen as u64);
                 if buf.len() + hl + plen > limit {
                     break;
                 }
@@ -387,7 +387,7 @@ impl Session {
                     msg_type: u64::from(m.msg_type),
                     total_len: m.payload.len() as u64,
                 });
-                let worst = chunk::data_header_len(u64::from(m.channel), st, remaining as u64);
+                let worst = chunk::data_header_len(u64::from(m.channel), st, false, remaining as u64);
                 if space < worst + remaining.min(1) {
                     // Not even a header and one byte fit: the record is full.
                     break;
@@ -397,7 +397,7 @@ impl Session {
                 if st.is_some() {
                     channels[idx].credit.charge(flow::cost(m.payload.len()));
                 }
-                let hl = chunk::data_header_len(u64::from(m.channel), st, take as u64);
+                let hl = chunk::data_header_len(u64::from(m.channel), st, last, take as u64);
                 let at = buf.len();
                 buf.resize(at + hl, 0);
                 chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
@@ -587,7 +587,7 @@ impl Session {
             };
             if channel == 0 {
                 let st = start.ok_or(DisconnectReason::ProtocolViolation)?;
-                if !last || data.len() > MAX_CONTROL_PAYLOAD || st.total_len != data.len() as u64 {
+                if !last || data.len() > MAX_CONTROL_PAYLOAD {
                     return Err(DisconnectReason::ProtocolViolation);
                 }
                 let ctl =
@@ -666,9 +666,7 @@ impl Session {
                     .map_err(|_| DisconnectReason::FlowControlViolation)?;
                 let msg_type = st.msg_type as u32;
                 if last {
-                    if data.len() != total {
-                        return Err(DisconnectReason::ProtocolViolation);
-                    }
+                    // Whole: its data is `total_len` bytes (see `chunk::decode`).
                     let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
@@ -938,7 +936,7 @@ mod tests {
     fn chunk(out: &mut Vec<u8>, channel: u64, start: Option<(u64, u64)>, last: bool, data: &[u8]) {
         let st = start.map(|(t, n)| MessageStart { msg_type: t, total_len: n });
         let at = out.len();
-        out.resize(at + chunk::data_header_len(channel, st, data.len() as u64), 0);
+        out.resize(at + chunk::data_header_len(channel, st, last, data.len() as u64), 0);
         chunk::write_data_header(&mut out[at..], channel, st, last, data.len() as u64);
         out.extend_from_slice(data);
     }
@@ -979,7 +977,7 @@ mod tests {
         assert_eq!([&p[0][..], &p[1][..], &p[2][..], &p[3][..]], [&b"one"[..], b"two", &big, b"three"]);
         let at = |b: &Bytes| b.as_ptr() as usize;
         // "one" and "two" are slices of one copy, 3 bytes and a header apart ...
-        let header = chunk::data_header_len(2, Some(MessageStart { msg_type: 1, total_len: 3 }), 3);
+        let header = chunk::data_header_len(2, Some(MessageStart { msg_type: 1, total_len: 3 }), true, 3);
         assert_eq!(at(&p[1]) - at(&p[0]), 3 + header);
         // ... which ends before the large message, copied alone; "three"
         // starts a run of its own.
