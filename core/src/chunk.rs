@@ -114,6 +114,7 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkE
 
 /// Length of a data chunk header (everything before the data). A whole
 /// message's chunk (`start` and `last`) carries no `len`.
+#[inline]
 pub(crate) fn data_header_len(channel: u64, start: Option<MessageStart>, last: bool, len: u64) -> usize {
     let st = start.map_or(0, |s| varint::len(s.msg_type) + varint::len(s.total_len));
     let len = if start.is_some() && last { 0 } else { varint::len(len) };
@@ -123,6 +124,7 @@ pub(crate) fn data_header_len(channel: u64, start: Option<MessageStart>, last: b
 /// Writes a data chunk header into `out` (which must have room for
 /// [`data_header_len`] bytes) and returns its length. For a whole message
 /// (`start` and `last`), `len` must be `start.total_len`.
+#[inline]
 pub(crate) fn write_data_header(
     out: &mut [u8],
     channel: u64,

@@ -79,6 +79,11 @@ impl Scheduler {
         c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq });
     }
 
+    /// Messages with at most this many bytes left take the priority lane.
+    pub(crate) fn small(&self) -> usize {
+        self.small
+    }
+
     /// How many channels have messages queued.
     pub(crate) fn active_count(&self) -> usize {
         self.active.len()

@@ -413,6 +413,39 @@ impl Session {
                 st.bytes_out += take as u64;
                 st.messages_out += u64::from(last);
                 self.scheduler.advance(idx, take);
+                // The next whole messages of the only busy channel, written
+                // without asking the scheduler each time: it would choose
+                // this channel again, with the same allowance.
+                if !last || allowance < usize::MAX - 1 || self.scheduler.active_count() != 1 {
+                    continue;
+                }
+                let small = self.scheduler.small();
+                while let Some(m) = self.scheduler.head_mut(idx).filter(|m| m.offset == 0) {
+                    let len = m.payload.len();
+                    if (urgent && len > small) || len >= SEALED_MIN {
+                        break;
+                    }
+                    let cost = flow::cost(len);
+                    if !channels[idx].credit.may_start(cost, share) {
+                        break;
+                    }
+                    let st = Some(MessageStart { msg_type: u64::from(m.msg_type), total_len: len as u64 });
+                    let hl = chunk::data_header_len(u64::from(m.channel), st, true, len as u64);
+                    let at = buf.len();
+                    if at + hl + len > limit {
+                        break;
+                    }
+                    urgent |= len <= small;
+                    channels[idx].credit.charge(cost);
+                    buf.resize(at + hl, 0);
+                    chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, true, len as u64);
+                    buf.extend_from_slice(&m.payload);
+                    dequeued += len;
+                    let st = &mut channels[idx].stats;
+                    st.bytes_out += len as u64;
+                    st.messages_out += 1;
+                    self.scheduler.advance(idx, len);
+                }
             }
             if buf.len() == start && self.cover_pending {
                 // Cover traffic: a record of padding only.

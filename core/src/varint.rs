@@ -14,6 +14,7 @@ pub const MAX: u64 = (1 << 62) - 1;
 pub struct UnexpectedEnd;
 
 /// Number of bytes `v` takes when encoded.
+#[inline]
 pub fn len(v: u64) -> usize {
     if v < 1 << 6 {
         1
@@ -39,6 +40,7 @@ pub fn write(out: &mut Vec<u8>, v: u64) {
 
 /// Writes `v` into the start of `out` and returns the bytes written, or
 /// `None` if `out` is too short.
+#[inline]
 pub fn write_to(out: &mut [u8], v: u64) -> Option<usize> {
     let v = v.min(MAX);
     let n = len(v);
@@ -83,7 +85,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint.
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, UnexpectedEnd> {
         let first = *self.buf.first().ok_or(UnexpectedEnd)?;
         let (v, n) = match first >> 6 {
