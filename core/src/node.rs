@@ -548,16 +548,14 @@ impl Node {
                 if frame.len() == 2 && frame[0] == hs_kind::REJECT {
                     return Err(CloseCause { reason: DisconnectReason::from_code(frame[1]), remote: true });
                 }
-                let plain_len =
-                    session.open_record(frame).map_err(|reason| CloseCause { reason, remote: false })?;
                 let outcome = if *announced {
-                    session.process_record(&frame[..plain_len], &self.config, now, &mut self.events)
+                    session.read_record(frame, &self.config, now, &mut self.events)
                 } else {
                     // The first authenticated record confirms the initiator
                     // (1-RTT paths): announce before its messages, unless it
                     // only says goodbye.
                     let mut first = VecDeque::new();
-                    let outcome = session.process_record(&frame[..plain_len], &self.config, now, &mut first);
+                    let outcome = session.read_record(frame, &self.config, now, &mut first);
                     if outcome == Ok(RecordOutcome::Continue) {
                         self.announce(id, conn, now)?;
                         self.events.extend(first);

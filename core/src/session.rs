@@ -107,15 +107,7 @@ pub(crate) struct Session {
     /// Large pieces of payload in the record being written, encrypted from
     /// their messages at sealing time (offset in the record, piece).
     unsealed: Vec<(usize, Bytes)>,
-    /// Parts of the record being opened that stay encrypted until
-    /// `process_record` (see [`Session::open_record`]), and its nonce.
-    sealed: Vec<(usize, usize)>,
-    sealed_nonce: Option<u64>,
-    /// Runs of small whole messages in the record being opened (offset
-    /// ranges from the first payload to the end of the last, in order),
-    /// found by `open_record` for [`Delivery::whole_payload`].
-    runs: Vec<(usize, usize)>,
-    /// Where the copies of those runs are cut from (see
+    /// Where the payloads of small whole messages are copied to (see
     /// [`Delivery::whole_payload`]): one allocation serves many records.
     run_arena: BytesMut,
     /// Buffers of reassembled messages and their sizes: once the
@@ -180,10 +172,7 @@ impl Session {
             control: VecDeque::new(),
             reassembly_bytes: 0,
             unsealed: Vec::new(),
-            sealed: Vec::new(),
-            runs: Vec::new(),
             run_arena: BytesMut::new(),
-            sealed_nonce: None,
             spare: Vec::new(),
             spare_bytes: 0,
             next_ping: now + config.keepalive_interval,
@@ -500,9 +489,20 @@ impl Session {
         self.updates_soon = None;
     }
 
-    /// Decrypts one record body in place; returns the plaintext length
-    /// (the plaintext is `body[..len]`).
-    pub(crate) fn open_record(&mut self, body: &mut [u8]) -> Result<usize, DisconnectReason> {
+    /// Opens one record body and handles its chunks, pushing completed
+    /// messages to `events`. The tag is checked first; then the body is
+    /// decrypted in place as its chunks are read, in windows of at least
+    /// 1 KiB ending on block boundaries (a record of many small chunks takes
+    /// a few long keystream calls, not one per chunk), except large pieces
+    /// of messages being reassembled: those are decrypted straight from the
+    /// record into their reassembly buffers, which saves copying them.
+    pub(crate) fn read_record(
+        &mut self,
+        body: &mut [u8],
+        config: &Config,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> Result<RecordOutcome, DisconnectReason> {
         if body.len() < TAG_LEN {
             return Err(DisconnectReason::ProtocolViolation);
         }
@@ -510,115 +510,66 @@ impl Session {
         let (ct, tag) = body.split_at_mut(len);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);
-        let mut ks = self.recv.verify(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
-        self.sealed.clear();
-        self.runs.clear();
-        // Every chunk is decrypted in place except the data of large pieces
-        // of messages being reassembled: `process_record` decrypts those
-        // straight into their reassembly buffers (`Delivery::append`),
-        // which saves copying them. Only headers are read here, and only
-        // to find the chunks; `process_record` checks everything.
-        // `done`: everything before it is decrypted (or sealed). Decrypting
-        // goes ahead in windows of at least `WINDOW` bytes, ending on block
-        // boundaries, so that a record of many small chunks takes a few
-        // long keystream calls, not two short ones per chunk.
-        const WINDOW: usize = 1024;
-        let ensure = |ks: &mut Keystream, ct: &mut [u8], done: &mut usize, upto: usize| {
-            if *done < upto {
-                let next = (upto.max(*done + WINDOW).next_multiple_of(64)).min(ct.len());
-                ks.apply(*done, &mut ct[*done..next]);
-                *done = next;
-            }
-        };
-        let (mut pos, mut done) = (0, 0);
-        // The last chunk extended the last of `runs`.
-        let mut in_run = false;
-        while pos < len {
-            ensure(&mut ks, ct, &mut done, (pos + chunk::MAX_HEADER).min(len));
-            let mut r = Reader::new(&ct[pos..]);
-            let Ok(Some(c)) = chunk::decode(&mut r) else { break };
-            let end = len - r.remaining().len();
-            let small_whole = matches!(c, Chunk::Data { channel, start: Some(_), last: true, data }
-                if channel != 0 && data.len() <= SHARED_MAX);
-            if small_whole {
-                match self.runs.last_mut() {
-                    Some(run) if in_run => run.1 = end,
-                    _ => {
-                        let Chunk::Data { data, .. } = c else { unreachable!("matched above") };
-                        self.runs.push((end - data.len(), end));
-                    }
-                }
-            }
-            in_run = small_whole;
-            match c {
-                Chunk::Data { channel, start, last, data }
-                    if channel != 0 && !(start.is_some() && last) && data.len() >= SEALED_MIN =>
-                {
-                    let from = end - data.len();
-                    // Bytes a window decrypted go back to ciphertext.
-                    if done > from {
-                        ks.apply(from, &mut ct[from..done.min(end)]);
-                    }
-                    self.sealed.push((from, end));
-                    done = done.max(end);
-                }
-                // The rest of the record is ignored: nothing to decrypt.
-                Chunk::Padding => done = len,
-                _ => {}
-            }
-            pos = end;
+        let ks = self.recv.verify(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
+        self.last_recv = now;
+        let mut text = Opening { ct, ks, done: 0 };
+        let mut out = Delivery { arena: core::mem::take(&mut self.run_arena), events };
+        let result = self.read_chunks(&mut text, config, now, &mut out);
+        self.run_arena = out.arena;
+        let (outcome, rekeys) = result?;
+        // Each REKEY in a record advances the receive key once, after the record.
+        for _ in 0..rekeys {
+            self.recv.rekey();
         }
-        // The rest, also after a malformed chunk (`process_record` reports it).
-        ensure(&mut ks, ct, &mut done, len);
-        // The nonce just used (`verify` took it).
-        self.sealed_nonce = (!self.sealed.is_empty()).then(|| self.recv.nonce() - 1);
-        Ok(len)
+        Ok(outcome)
     }
 
-    /// Processes the chunks of an opened record, pushing completed messages
-    /// to `events`.
-    pub(crate) fn process_record(
+    /// The chunk loop of [`read_record`](Self::read_record); returns the
+    /// outcome and the number of `REKEY`s read.
+    fn read_chunks(
         &mut self,
-        plain: &[u8],
+        text: &mut Opening<'_>,
         config: &Config,
         now: Instant,
-        events: &mut VecDeque<Event>,
-    ) -> Result<RecordOutcome, DisconnectReason> {
-        self.last_recv = now;
-        let mut r = Reader::new(plain);
+        out: &mut Delivery<'_>,
+    ) -> Result<(RecordOutcome, u32), DisconnectReason> {
+        let len = text.ct.len();
         let mut outcome = RecordOutcome::Continue;
         let mut rekeys = 0u32;
-        let sealed = core::mem::take(&mut self.sealed);
-        let mut out = Delivery {
-            plain,
-            run: None,
-            runs: core::mem::take(&mut self.runs),
-            next_run: 0,
-            arena: core::mem::take(&mut self.run_arena),
-            sealed,
-            next_sealed: 0,
-            stream: self.sealed_nonce.take().map(|n| self.recv.keystream(n)),
-            events,
-        };
-        while let Some(c) = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)? {
-            let (channel, start, last, data) = match c {
-                Chunk::Data { channel, start, last, data } => (channel, start, last, data),
-                Chunk::Extension { tag: flow::TAG_WINDOW_UPDATE, body } => {
-                    let (channel, inc) =
-                        flow::decode_update(body).ok_or(DisconnectReason::ProtocolViolation)?;
-                    let credit = usize::try_from(channel)
-                        .ok()
-                        .and_then(|c| c.checked_sub(1))
-                        .and_then(|i| self.channels.get_mut(i))
-                        .map(|c| &mut c.credit)
-                        .ok_or(DisconnectReason::UnknownMessageType)?;
-                    credit.grant(inc).map_err(|_| DisconnectReason::FlowControlViolation)?;
+        let mut pos = 0;
+        while pos < len {
+            text.decrypt_to((pos + chunk::MAX_HEADER).min(len));
+            let mut r = Reader::new(&text.ct[pos..]);
+            let c = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)?;
+            let end = len - r.remaining().len();
+            // What the chunk is, with its data as a range of the record (the
+            // borrow of the record ends here: the data may still be sealed).
+            let (channel, start, last, from) = match c {
+                None | Some(Chunk::Padding) => break,
+                Some(Chunk::Data { channel, start, last, data }) => (channel, start, last, end - data.len()),
+                Some(Chunk::Extension { tag, body }) => {
+                    if tag == flow::TAG_WINDOW_UPDATE {
+                        let from = end - body.len();
+                        text.decrypt_to(end);
+                        let (channel, inc) = flow::decode_update(&text.ct[from..end])
+                            .ok_or(DisconnectReason::ProtocolViolation)?;
+                        let credit = usize::try_from(channel)
+                            .ok()
+                            .and_then(|c| c.checked_sub(1))
+                            .and_then(|i| self.channels.get_mut(i))
+                            .map(|c| &mut c.credit)
+                            .ok_or(DisconnectReason::UnknownMessageType)?;
+                        credit.grant(inc).map_err(|_| DisconnectReason::FlowControlViolation)?;
+                    }
+                    // Unknown extensions are skipped.
+                    pos = end;
                     continue;
                 }
-                // Padding ends the loop by consuming the rest; unknown extensions are skipped.
-                Chunk::Padding | Chunk::Extension { .. } => continue,
             };
+            pos = end;
             if channel == 0 {
+                text.decrypt_to(end);
+                let data = &text.ct[from..end];
                 let st = start.ok_or(DisconnectReason::ProtocolViolation)?;
                 if !last || data.len() > MAX_CONTROL_PAYLOAD {
                     return Err(DisconnectReason::ProtocolViolation);
@@ -648,18 +599,28 @@ impl Session {
                 }
                 continue;
             }
-            self.read_data(channel, start, last, data, config, &mut out)?;
+            // A large piece of a message being reassembled stays sealed in
+            // the record: it is decrypted into its reassembly buffer.
+            let piece = if !(start.is_some() && last) && end - from >= SEALED_MIN {
+                let plain = text.done.clamp(from, end);
+                Piece {
+                    plain: &text.ct[from..plain],
+                    sealed: &text.ct[plain..end],
+                    at: plain,
+                    ks: &mut text.ks,
+                }
+            } else {
+                text.decrypt_to(end);
+                Piece { plain: &text.ct[from..end], sealed: &[], at: end, ks: &mut text.ks }
+            };
+            let sealed = !piece.sealed.is_empty();
+            self.read_data(channel, start, last, piece, config, out)?;
+            if sealed {
+                // Left as ciphertext: the next window starts after it.
+                text.done = text.done.max(end);
+            }
         }
-        // Each REKEY in a record advances the receive key once, after the record.
-        for _ in 0..rekeys {
-            self.recv.rekey();
-        }
-        self.sealed = out.sealed;
-        self.sealed.clear();
-        self.runs = out.runs;
-        self.runs.clear();
-        self.run_arena = out.arena;
-        Ok(outcome)
+        Ok((outcome, rekeys))
     }
 
     /// Sends a keepalive ping now (also used as the initiator's first record).
@@ -674,7 +635,7 @@ impl Session {
         channel: u64,
         start: Option<MessageStart>,
         last: bool,
-        data: &[u8],
+        data: Piece<'_>,
         config: &Config,
         out: &mut Delivery<'_>,
     ) -> Result<(), DisconnectReason> {
@@ -703,7 +664,7 @@ impl Session {
                     let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
-                    let payload = out.whole_payload(data);
+                    let payload = out.whole_payload(data.plain);
                     out.events.push_back(Event::Message {
                         peer: self.peer,
                         connection: self.connection,
@@ -745,7 +706,7 @@ impl Session {
         if p.buf.len() + data.len() > p.total {
             return Err(DisconnectReason::ProtocolViolation);
         }
-        out.append(data, &mut p.buf);
+        data.append_to(&mut p.buf);
         if last {
             if p.buf.len() != p.total {
                 return Err(DisconnectReason::ProtocolViolation);
@@ -847,7 +808,7 @@ impl Session {
 }
 
 /// Pieces of messages at least this large are decrypted straight into
-/// their reassembly buffers (see [`Session::open_record`]).
+/// their reassembly buffers (see [`Session::read_record`]).
 const SEALED_MIN: usize = 8192;
 
 /// Most reassembly buffers a session keeps for reuse.
@@ -860,80 +821,77 @@ const RUN_ARENA: usize = 64 << 10;
 /// allocation with their neighbours (see [`Delivery::whole_payload`]).
 const SHARED_MAX: usize = 4096;
 
-/// Where the messages of one record go: the events, with the payloads of
-/// small whole messages cut from shared copies of the record.
-struct Delivery<'a> {
-    /// The record's plaintext, except the `sealed` parts.
+/// A record being opened: its body (ciphertext and plaintext) and the
+/// keystream that decrypts it.
+struct Opening<'a> {
+    ct: &'a mut [u8],
+    ks: Keystream,
+    /// Everything before it is plaintext, or a sealed piece (handed out).
+    done: usize,
+}
+
+impl Opening<'_> {
+    /// Decrypts in place up to at least `upto`: a window of at least
+    /// `WINDOW` bytes, ending on a block boundary.
+    fn decrypt_to(&mut self, upto: usize) {
+        const WINDOW: usize = 1024;
+        if self.done < upto {
+            let next = (upto.max(self.done + WINDOW).next_multiple_of(64)).min(self.ct.len());
+            self.ks.apply(self.done, &mut self.ct[self.done..next]);
+            self.done = next;
+        }
+    }
+}
+
+/// A piece of a message in a record: `plain` (decrypted) followed by
+/// `sealed` (still ciphertext, at record offset `at`, which `ks` decrypts).
+struct Piece<'a> {
     plain: &'a [u8],
-    /// Parts of the record still encrypted (offset ranges, in order): data
-    /// that goes to reassembly buffers, decrypted on the way there.
-    sealed: Vec<(usize, usize)>,
-    /// The first of `sealed` not yet decrypted.
-    next_sealed: usize,
-    /// The record's keystream, if some parts are sealed.
-    stream: Option<Keystream>,
-    /// The runs of small whole messages `open_record` found, and the
-    /// first not yet behind the message being delivered.
-    runs: Vec<(usize, usize)>,
-    next_run: usize,
-    /// The copy of the current run and its offset in `plain`.
-    run: Option<(usize, Bytes)>,
+    sealed: &'a [u8],
+    at: usize,
+    ks: &'a mut Keystream,
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        self.plain.len() + self.sealed.len()
+    }
+
+    /// Appends the piece to `buf`, decrypting the sealed part on the way.
+    fn append_to(self, buf: &mut BytesMut) {
+        buf.extend_from_slice(self.plain);
+        if !self.sealed.is_empty() {
+            let at = buf.len();
+            buf.resize(at + self.sealed.len(), 0);
+            self.ks.apply_into(self.at, self.sealed, &mut buf[at..]);
+        }
+    }
+}
+
+/// Where the messages of one record go: the events, with the payloads of
+/// small whole messages cut from the session's arena.
+struct Delivery<'a> {
     /// The session's `run_arena`.
     arena: BytesMut,
     events: &'a mut VecDeque<Event>,
 }
 
 impl Delivery<'_> {
-    /// Appends `data`, a piece of a message, to its reassembly buffer,
-    /// decrypting it on the way if it is still sealed.
-    fn append(&mut self, data: &[u8], buf: &mut BytesMut) {
-        let from = data.as_ptr() as usize - self.plain.as_ptr() as usize;
-        match (self.sealed.get(self.next_sealed), &mut self.stream) {
-            (Some(&(start, end)), Some(ks)) if start == from && end == from + data.len() => {
-                self.next_sealed += 1;
-                let at = buf.len();
-                buf.resize(at + data.len(), 0);
-                ks.apply_into(from, data, &mut buf[at..]);
-            }
-            _ => buf.extend_from_slice(data),
-        }
-    }
-
-    /// The payload of a message that arrived whole (`data` is a slice of
-    /// the record). Small ones are slices of one copy of the run of small
-    /// whole messages they belong to, cut from the session's run arena, so
-    /// many small messages cost one allocation (64 KiB), not one each. A
-    /// payload kept alive keeps that allocation alive; larger messages are
-    /// copied alone.
+    /// The payload of a message that arrived whole. Small ones are copied
+    /// into the session's arena, one allocation (64 KiB) for many messages,
+    /// not one each. A payload kept alive keeps that allocation alive;
+    /// larger messages are copied alone.
     fn whole_payload(&mut self, data: &[u8]) -> Bytes {
         if data.len() > SHARED_MAX {
             return Bytes::copy_from_slice(data);
         }
-        let off = data.as_ptr() as usize - self.plain.as_ptr() as usize;
-        let end = off + data.len();
-        while self.runs.get(self.next_run).is_some_and(|&(_, e)| e < end) {
-            self.next_run += 1;
+        if self.arena.capacity() < data.len() {
+            // A fresh allocation, unless the application has dropped every
+            // message of the last one.
+            self.arena.reserve(data.len().max(RUN_ARENA));
         }
-        match self.runs.get(self.next_run) {
-            Some(&(base, run_end)) if base <= off => {
-                let bytes = match &self.run {
-                    Some((b, bytes)) if *b == base => bytes,
-                    _ => {
-                        let run = &self.plain[base..run_end];
-                        if self.arena.capacity() < run.len() {
-                            // A fresh allocation, unless the application
-                            // has dropped every message of the last one.
-                            self.arena.reserve(run.len().max(RUN_ARENA));
-                        }
-                        self.arena.extend_from_slice(run);
-                        &self.run.insert((base, self.arena.split().freeze())).1
-                    }
-                };
-                bytes.slice(off - base..end - base)
-            }
-            // Not in a run `open_record` found: copied alone.
-            _ => Bytes::copy_from_slice(data),
-        }
+        self.arena.extend_from_slice(data);
+        self.arena.split().freeze()
     }
 }
 
@@ -983,14 +941,13 @@ mod tests {
         let mut body = plain.to_vec();
         let tag = c.seal_in_place(&[], &mut body).expect("seal");
         body.extend_from_slice(&tag);
-        let n = s.open_record(&mut body)?;
         let mut ev = VecDeque::new();
-        s.process_record(&body[..n], config, Instant::ZERO, &mut ev)?;
+        s.read_record(&mut body, config, Instant::ZERO, &mut ev)?;
         Ok(ev.into_iter().collect())
     }
 
     #[test]
-    fn small_whole_messages_of_a_record_share_one_copy_and_large_ones_do_not() {
+    fn small_whole_messages_share_one_allocation_and_large_ones_do_not() {
         let config = Config::default();
         let (mut s, mut c) = receiver(&config);
         let big = vec![7u8; SHARED_MAX + 1];
@@ -1009,18 +966,16 @@ mod tests {
             .collect();
         assert_eq!([&p[0][..], &p[1][..], &p[2][..], &p[3][..]], [&b"one"[..], b"two", &big, b"three"]);
         let at = |b: &Bytes| b.as_ptr() as usize;
-        // "one" and "two" are slices of one copy, 3 bytes and a header apart ...
-        let header = chunk::data_header_len(2, Some(MessageStart { msg_type: 1, total_len: 3 }), true, 3);
-        assert_eq!(at(&p[1]) - at(&p[0]), 3 + header);
-        // ... which ends before the large message, copied alone; "three"
-        // starts a run of its own.
-        for other in [&p[2], &p[3]] {
-            assert!(at(other) < at(&p[0]) || at(other) >= at(&p[1]) + 3);
-        }
+        // "one", "two" and "three" are copied one after the other into the
+        // session's arena ...
+        assert_eq!(at(&p[1]), at(&p[0]) + 3);
+        assert_eq!(at(&p[3]), at(&p[1]) + 3);
+        // ... and the large message, copied alone, is not in it.
+        assert!(at(&p[2]) + p[2].len() <= at(&p[0]) || at(&p[2]) >= at(&p[3]) + 5);
     }
 
     #[test]
-    fn runs_of_later_records_are_cut_from_the_same_allocation() {
+    fn small_messages_of_later_records_are_cut_from_the_same_allocation() {
         let config = Config::default();
         let (mut s, mut c) = receiver(&config);
         let payloads = |ev: Vec<Event>| -> Vec<Bytes> {
@@ -1039,8 +994,8 @@ mod tests {
         chunk(&mut r, 2, Some((1, 5)), true, b"three");
         let second = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
         assert_eq!([&first[0][..], &first[1][..], &second[0][..]], [&b"one"[..], b"two", b"three"]);
-        // The second record's run starts where the first's ended, in the
-        // same arena, although the first's messages are still held.
+        // The second record's message follows the first's in the same
+        // arena, although the first's messages are still held.
         assert_eq!(second[0].as_ptr() as usize, first[1].as_ptr() as usize + 3);
         // Messages of many records share one arena allocation.
         let mut held = Vec::new();

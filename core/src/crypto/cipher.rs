@@ -168,14 +168,6 @@ impl CipherState {
         Ok(mac(&mac_key, ad, buf))
     }
 
-    /// The keystream of the ciphertext this state verified or opened with
-    /// nonce `n` (see [`verify`](Self::verify)), again.
-    pub(crate) fn keystream(&self, n: u64) -> Keystream {
-        let mut stream = ChaCha20::new((&self.key).into(), &nonce_bytes(n));
-        stream.seek(Keystream::START);
-        Keystream(stream)
-    }
-
     /// Appends `ENCRYPT(k, n, ad, plaintext)` (ciphertext and tag) to `out`.
     pub(crate) fn seal_append(
         &mut self,
