@@ -520,7 +520,10 @@ impl Driver {
             if r.batch.is_empty() {
                 return !r.tx.is_closed();
             }
-            match r.tx.send(std::mem::take(&mut r.batch)) {
+            // The next batch starts with room for as many as this one (up
+            // to 4,096), instead of growing from nothing again.
+            let next = Vec::with_capacity(r.batch.len().min(4096));
+            match r.tx.send(std::mem::replace(&mut r.batch, next)) {
                 Ok(()) => true,
                 Err(e) => {
                     // Dropped since: its messages are discarded (consumed).
