@@ -121,6 +121,33 @@ pub(crate) fn data_header_len(channel: u64, start: Option<MessageStart>, last: b
     1 + varint::len(channel) + st + len
 }
 
+/// Length of the header of a whole message's chunk (FIRST + LAST).
+#[inline(always)]
+pub(crate) fn whole_header_len(channel: u64, msg_type: u64, len: u64) -> usize {
+    1 + varint::len(channel) + varint::len(msg_type) + varint::len(len)
+}
+
+/// Appends the header of a whole message's chunk (FIRST + LAST) to `out`:
+/// the tag, channel, type and length (the data follows).
+#[inline(always)]
+pub(crate) fn push_whole_header(out: &mut alloc::vec::Vec<u8>, channel: u64, msg_type: u64, len: u64) {
+    if channel < 64 && msg_type < 64 && len < 1 << 14 {
+        // The usual small message: one-byte channel and type.
+        let h = if len < 64 {
+            [TAG_DATA | FLAG_FIRST | FLAG_LAST, channel as u8, msg_type as u8, len as u8, 0]
+        } else {
+            let l = (len as u16 | 0x4000).to_be_bytes();
+            [TAG_DATA | FLAG_FIRST | FLAG_LAST, channel as u8, msg_type as u8, l[0], l[1]]
+        };
+        out.extend_from_slice(&h[..if len < 64 { 4 } else { 5 }]);
+        return;
+    }
+    out.push(TAG_DATA | FLAG_FIRST | FLAG_LAST);
+    varint::write(out, channel);
+    varint::write(out, msg_type);
+    varint::write(out, len);
+}
+
 /// Writes a data chunk header into `out` (which must have room for
 /// [`data_header_len`] bytes) and returns its length. For a whole message
 /// (`start` and `last`), `len` must be `start.total_len`.
@@ -195,6 +222,20 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let mut r = Reader::new(&bytes);
             while let Ok(Some(_)) = decode(&mut r) {}
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn whole_header_matches_the_general_one(channel in 0u64..100_000, msg_type in 0u64..100_000,
+                                                len in prop_oneof![0u64..100, 0u64..20_000, 0u64..(1 << 40)]) {
+            let st = Some(MessageStart { msg_type, total_len: len });
+            let mut general = vec![0u8; data_header_len(channel, st, true, len)];
+            write_data_header(&mut general, channel, st, true, len);
+            let mut whole = Vec::new();
+            push_whole_header(&mut whole, channel, msg_type, len);
+            prop_assert_eq!(&whole, &general);
+            prop_assert_eq!(whole_header_len(channel, msg_type, len), general.len());
         }
     }
 

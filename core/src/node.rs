@@ -22,7 +22,7 @@ use crate::knowledge::{Ticket, TicketStore};
 use crate::metrics::PeerMetrics;
 use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 use crate::reason::DisconnectReason;
-use crate::session::{PeerLimits, RecordOutcome, Session};
+use crate::session::{NodeQueue, PeerLimits, RecordOutcome, Session};
 use crate::shaping::TokenBucket;
 use crate::time::Instant;
 
@@ -380,8 +380,8 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let (session, config, queued_total) = self.sendable(peer)?;
-        queue_within_limits(session, config, queued_total, protocol, msg_type, payload).map_err(|(e, _)| e)
+        let mut one = VecDeque::from([(msg_type, payload)]);
+        self.send_queue(peer, protocol, &mut one)
     }
 
     /// Queues `msgs` for `peer` in order, taking them from the front, until
@@ -394,19 +394,16 @@ impl Node {
         msgs: &mut VecDeque<(u32, Bytes)>,
     ) -> Result<(), SendError> {
         let (session, config, queued_total) = self.sendable(peer)?;
-        while let Some((msg_type, payload)) = msgs.pop_front() {
-            if let Err((e, payload)) =
-                queue_within_limits(session, config, queued_total, protocol, msg_type, payload)
-            {
-                msgs.push_front((msg_type, payload));
-                return Err(e);
-            }
-        }
-        Ok(())
+        let node = NodeQueue {
+            queued: queued_total,
+            max: config.max_queued_total,
+            max_per_peer: config.max_queued_per_peer,
+        };
+        session.queue_batch(protocol, msgs, node)
     }
 
     /// The session of `peer` if messages may be queued for it, with what
-    /// [`queue_within_limits`] needs beside it.
+    /// [`Session::queue_batch`] needs beside it.
     fn sendable(&mut self, peer: &NodeId) -> Result<(&mut Session, &Config, &mut usize), SendError> {
         let Node { peers, connections, config, queued_total, .. } = self;
         let conn = peers.get(peer).and_then(|id| connections.get_mut(id)).ok_or(SendError::NotConnected)?;
@@ -919,27 +916,3 @@ impl Node {
 }
 
 impl core::error::Error for ConfigError {}
-
-/// Queues one message on `session` within the queue limits, or hands it
-/// back with the reason. A protocol with nothing queued may always queue one
-/// message whatever the others hold (protocols whose peer stopped granting
-/// credit cannot starve the rest); the node-wide cap holds regardless.
-fn queue_within_limits(
-    session: &mut Session,
-    config: &Config,
-    queued_total: &mut usize,
-    protocol: ProtocolId,
-    msg_type: u32,
-    payload: Bytes,
-) -> Result<(), (SendError, Bytes)> {
-    let len = payload.len();
-    let peer_full = session.queued_bytes > 0
-        && session.queued_bytes + len > config.max_queued_per_peer
-        && session.queued_on(protocol) > 0;
-    if peer_full || (*queued_total > 0 && *queued_total + len > config.max_queued_total) {
-        return Err((SendError::QueueFull, payload));
-    }
-    session.queue_message(protocol, msg_type, payload)?;
-    *queued_total += len;
-    Ok(())
-}

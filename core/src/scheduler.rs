@@ -159,12 +159,30 @@ impl Scheduler {
         if head.offset >= head.payload.len() {
             c.queue.pop_front();
         }
+        self.end_turn_if_done(idx);
+    }
+
+    /// After channel index `idx` wrote: it leaves the round robin if its
+    /// queue is empty, or goes to the back if its turn is used up.
+    fn end_turn_if_done(&mut self, idx: usize) {
+        let c = &mut self.channels[idx];
         if c.queue.is_empty() {
             c.deficit = 0;
             self.active.retain(|&i| i != idx);
         } else if c.deficit == 0 && self.active.front() == Some(&idx) {
             self.active.rotate_left(1);
         }
+    }
+
+    /// Removes the head of channel index `idx`, a message written whole
+    /// (as [`advance`](Self::advance) by its length would).
+    pub(crate) fn pop_whole(&mut self, idx: usize) {
+        let c = &mut self.channels[idx];
+        let Some(m) = c.queue.pop_front() else { return };
+        let len = m.payload.len();
+        c.bytes -= len;
+        c.deficit = c.deficit.saturating_sub(len);
+        self.end_turn_if_done(idx);
     }
 
     /// Messages and payload bytes still queued on channel index `idx`.

@@ -75,6 +75,16 @@ struct RekeyState {
     queued: bool,
 }
 
+/// The node-wide queue limits a session's sends are checked against.
+pub(crate) struct NodeQueue<'a> {
+    /// Payload bytes queued on all sessions (`Node::queued_total`).
+    pub(crate) queued: &'a mut usize,
+    /// `Config::max_queued_total`.
+    pub(crate) max: usize,
+    /// `Config::max_queued_per_peer`.
+    pub(crate) max_per_peer: usize,
+}
+
 /// The transport phase of a connection.
 pub(crate) struct Session {
     send: CipherState,
@@ -196,39 +206,59 @@ impl Session {
         self.rtt
     }
 
-    /// Checks and queues an application message, handing it back if refused.
-    pub(crate) fn queue_message(
+    /// Queues `msgs` on `protocol` in order, taking them from the front,
+    /// until all are queued or one is refused (it stays at the front).
+    /// Each is checked as [`admit`](Self::admit) says.
+    pub(crate) fn queue_batch(
         &mut self,
         protocol: ProtocolId,
-        msg_type: u32,
-        payload: Bytes,
-    ) -> Result<(), (crate::SendError, Bytes)> {
-        use crate::SendError as E;
+        msgs: &mut VecDeque<(u32, Bytes)>,
+        node: NodeQueue<'_>,
+    ) -> Result<(), crate::SendError> {
         let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
-        if channel == 0 {
-            return Err((E::ProtocolNotShared, payload));
+        while let Some((msg_type, payload)) = msgs.pop_front() {
+            if let Err(e) = self.admit(channel, msg_type, payload.len(), &node) {
+                msgs.push_front((msg_type, payload));
+                return Err(e);
+            }
+            self.queued_bytes += payload.len();
+            *node.queued += payload.len();
+            self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         }
-        if msg_type >= self.channels[channel as usize - 1].shared.message_count {
-            return Err((E::UnknownMessageType, payload));
-        }
-        if payload.len() as u64 > self.peer_max_message {
-            return Err((E::MessageTooLarge, payload));
-        }
-        let (_, protocol_queued) = self.scheduler.depth(channel as usize - 1);
-        if protocol_queued > 0 && protocol_queued + payload.len() > self.max_queued_per_protocol {
-            return Err((E::QueueFull, payload));
-        }
-        self.queued_bytes += payload.len();
-        self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
     }
 
-    /// Payload bytes queued on `protocol` (0 if it is not shared).
-    pub(crate) fn queued_on(&self, protocol: ProtocolId) -> usize {
-        match self.channel_of.get(protocol.0 as usize) {
-            Some(&c) if c > 0 => self.scheduler.depth(c as usize - 1).1,
-            _ => 0,
+    /// Whether a message of `len` bytes may be queued on `channel` (0: the
+    /// protocol is not shared). A protocol with nothing queued may always
+    /// queue one message whatever the others hold (protocols whose peer
+    /// stopped granting credit cannot starve the rest); the node-wide cap
+    /// holds regardless.
+    fn admit(
+        &self,
+        channel: u32,
+        msg_type: u32,
+        len: usize,
+        node: &NodeQueue<'_>,
+    ) -> Result<(), crate::SendError> {
+        use crate::SendError as E;
+        let idx = (channel as usize).wrapping_sub(1);
+        let protocol_queued = self.channels.get(idx).map_or(0, |_| self.scheduler.depth(idx).1);
+        let peer_full =
+            self.queued_bytes > 0 && self.queued_bytes + len > node.max_per_peer && protocol_queued > 0;
+        if peer_full || (*node.queued > 0 && *node.queued + len > node.max) {
+            return Err(E::QueueFull);
         }
+        let Some(ch) = self.channels.get(idx) else { return Err(E::ProtocolNotShared) };
+        if msg_type >= ch.shared.message_count {
+            return Err(E::UnknownMessageType);
+        }
+        if len as u64 > self.peer_max_message {
+            return Err(E::MessageTooLarge);
+        }
+        if protocol_queued > 0 && protocol_queued + len > self.max_queued_per_protocol {
+            return Err(E::QueueFull);
+        }
+        Ok(())
     }
 
     /// Queues a control message ahead of application data.
@@ -418,22 +448,19 @@ impl Session {
                     if !channels[idx].credit.may_start(cost, share) {
                         break;
                     }
-                    let st = Some(MessageStart { msg_type: u64::from(m.msg_type), total_len: len as u64 });
-                    let hl = chunk::data_header_len(u64::from(m.channel), st, true, len as u64);
-                    let at = buf.len();
-                    if at + hl + len > limit {
+                    let (channel, msg_type) = (u64::from(m.channel), u64::from(m.msg_type));
+                    if buf.len() + chunk::whole_header_len(channel, msg_type, len as u64) + len > limit {
                         break;
                     }
                     urgent |= len <= small;
                     channels[idx].credit.charge(cost);
-                    buf.resize(at + hl, 0);
-                    chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, true, len as u64);
+                    chunk::push_whole_header(buf, channel, msg_type, len as u64);
                     buf.extend_from_slice(&m.payload);
                     dequeued += len;
                     let st = &mut channels[idx].stats;
                     st.bytes_out += len as u64;
                     st.messages_out += 1;
-                    self.scheduler.advance(idx, len);
+                    self.scheduler.pop_whole(idx);
                 }
             }
             if buf.len() == start && self.cover_pending {
@@ -1214,9 +1241,11 @@ mod tests {
     fn a_sender_waits_for_credit() {
         let config = Config::default();
         let (mut s, _) = receiver_granted(&config, Some(1000));
-        for _ in 0..3 {
-            s.queue_message(ProtocolId(0), 0, Bytes::from(vec![0; 400])).map_err(|(e, _)| e).unwrap();
-        }
+        let mut msgs: VecDeque<_> = (0..3).map(|_| (0, Bytes::from(vec![0; 400]))).collect();
+        let mut queued = 0;
+        let node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        s.queue_batch(ProtocolId(0), &mut msgs, node).unwrap();
+        assert_eq!(queued, 1200);
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
         assert_eq!(s.scheduler.depth(0), (1, 400), "two fit in 1000 bytes of credit");
