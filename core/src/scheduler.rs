@@ -169,7 +169,7 @@ impl Scheduler {
         if c.queue.is_empty() {
             c.deficit = 0;
             self.active.retain(|&i| i != idx);
-        } else if c.deficit == 0 && self.active.front() == Some(&idx) {
+        } else if c.deficit == 0 && self.active.len() > 1 && self.active.front() == Some(&idx) {
             self.active.rotate_left(1);
         }
     }
