@@ -52,9 +52,9 @@ pub struct Message {
     /// Message type within the protocol.
     pub msg_type: u32,
     /// Payload. Small messages (up to 4 KiB) that arrived whole in one record
-    /// share a 64 KiB allocation with other small messages of the peer, so
-    /// one kept alive keeps up to 64 KiB alive: copy a payload you keep for
-    /// long (`Bytes::copy_from_slice`).
+    /// share an allocation of up to 16 KiB with other small messages of the
+    /// peer, so one kept alive keeps up to 16 KiB alive: copy a payload you
+    /// keep for long (`Bytes::copy_from_slice`).
     pub payload: Bytes,
 }
 

@@ -380,8 +380,13 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let mut one = VecDeque::from([(msg_type, payload)]);
-        self.send_queue(peer, protocol, &mut one)
+        let (session, config, queued_total) = self.sendable(peer)?;
+        let node = NodeQueue {
+            queued: queued_total,
+            max: config.max_queued_total,
+            max_per_peer: config.max_queued_per_peer,
+        };
+        session.queue_one(protocol, msg_type, payload, node).map_err(|(e, _)| e)
     }
 
     /// Queues `msgs` for `peer` in order, taking them from the front, until

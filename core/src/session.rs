@@ -215,16 +215,32 @@ impl Session {
         msgs: &mut VecDeque<(u32, Bytes)>,
         node: NodeQueue<'_>,
     ) -> Result<(), crate::SendError> {
-        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
         while let Some((msg_type, payload)) = msgs.pop_front() {
-            if let Err(e) = self.admit(channel, msg_type, payload.len(), &node) {
+            let node = NodeQueue { queued: &mut *node.queued, ..node };
+            if let Err((e, payload)) = self.queue_one(protocol, msg_type, payload, node) {
                 msgs.push_front((msg_type, payload));
                 return Err(e);
             }
-            self.queued_bytes += payload.len();
-            *node.queued += payload.len();
-            self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         }
+        Ok(())
+    }
+
+    /// Queues one message on `protocol`, or hands it back with the reason
+    /// (checked as [`admit`](Self::admit) says).
+    pub(crate) fn queue_one(
+        &mut self,
+        protocol: ProtocolId,
+        msg_type: u32,
+        payload: Bytes,
+        node: NodeQueue<'_>,
+    ) -> Result<(), (crate::SendError, Bytes)> {
+        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
+        if let Err(e) = self.admit(channel, msg_type, payload.len(), &node) {
+            return Err((e, payload));
+        }
+        self.queued_bytes += payload.len();
+        *node.queued += payload.len();
+        self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
     }
 
@@ -635,10 +651,11 @@ impl Session {
                     sealed: &text.ct[plain..end],
                     at: plain,
                     ks: &mut text.ks,
+                    rest: len - from,
                 }
             } else {
                 text.decrypt_to(end);
-                Piece { plain: &text.ct[from..end], sealed: &[], at: end, ks: &mut text.ks }
+                Piece { plain: &text.ct[from..end], sealed: &[], at: end, ks: &mut text.ks, rest: len - from }
             };
             let sealed = !piece.sealed.is_empty();
             self.read_data(channel, start, last, piece, config, out)?;
@@ -691,7 +708,7 @@ impl Session {
                     let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
-                    let payload = out.whole_payload(data.plain);
+                    let payload = out.whole_payload(data.plain, data.rest);
                     out.events.push_back(Event::Message {
                         peer: self.peer,
                         connection: self.connection,
@@ -841,8 +858,12 @@ const SEALED_MIN: usize = 8192;
 /// Most reassembly buffers a session keeps for reuse.
 const MAX_SPARE: usize = 128;
 
-/// Bytes a session's run arena allocates at a time: a record's worth.
-const RUN_ARENA: usize = 64 << 10;
+/// Most bytes the arena of small payloads allocates at a time.
+const ARENA_MAX: usize = 16 << 10;
+
+/// A small message followed by fewer bytes than this in its record is
+/// copied alone: the arena would allocate for nothing else.
+const LONE_TAIL: usize = 128;
 
 /// Messages up to this size that arrive whole in one record share one
 /// allocation with their neighbours (see [`Delivery::whole_payload`]).
@@ -877,6 +898,8 @@ struct Piece<'a> {
     sealed: &'a [u8],
     at: usize,
     ks: &'a mut Keystream,
+    /// Bytes of the record from the piece on.
+    rest: usize,
 }
 
 impl Piece<'_> {
@@ -904,18 +927,24 @@ struct Delivery<'a> {
 }
 
 impl Delivery<'_> {
-    /// The payload of a message that arrived whole. Small ones are copied
-    /// into the session's arena, one allocation (64 KiB) for many messages,
-    /// not one each. A payload kept alive keeps that allocation alive;
-    /// larger messages are copied alone.
-    fn whole_payload(&mut self, data: &[u8]) -> Bytes {
-        if data.len() > SHARED_MAX {
+    /// The payload of a message that arrived whole (`rest`: bytes of the
+    /// record from it on). Small ones are copied into the session's arena,
+    /// one allocation for many messages, not one each; an allocation is as
+    /// large as the rest of the record (the most its small messages can
+    /// need) up to 16 KiB, so a session keeps at most 16 KiB of spare room.
+    /// A payload kept alive keeps its allocation alive. Larger messages,
+    /// and a small one that ends its record, are copied alone.
+    fn whole_payload(&mut self, data: &[u8], rest: usize) -> Bytes {
+        let room = self.arena.capacity() >= data.len();
+        // Large, or alone at the end of its record (one message per record,
+        // as a request or a reply): copied alone.
+        if data.len() > SHARED_MAX || (!room && rest < data.len() + LONE_TAIL) {
             return Bytes::copy_from_slice(data);
         }
-        if self.arena.capacity() < data.len() {
+        if !room {
             // A fresh allocation, unless the application has dropped every
             // message of the last one.
-            self.arena.reserve(data.len().max(RUN_ARENA));
+            self.arena.reserve(rest.clamp(data.len(), ARENA_MAX));
         }
         self.arena.extend_from_slice(data);
         self.arena.split().freeze()
@@ -1002,7 +1031,7 @@ mod tests {
     }
 
     #[test]
-    fn small_messages_of_later_records_are_cut_from_the_same_allocation() {
+    fn small_messages_share_an_allocation_sized_by_their_record() {
         let config = Config::default();
         let (mut s, mut c) = receiver(&config);
         let payloads = |ev: Vec<Event>| -> Vec<Bytes> {
@@ -1013,26 +1042,37 @@ mod tests {
                 })
                 .collect()
         };
+        let at = |b: &Bytes| b.as_ptr() as usize;
+        // A message alone in its record (a request, a reply) is copied alone.
         let mut r = Vec::new();
         chunk(&mut r, 1, Some((0, 3)), true, b"one");
-        chunk(&mut r, 1, Some((0, 3)), true, b"two");
-        let first = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        let lone = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!(&lone[0][..], b"one");
+        assert_eq!(s.run_arena.capacity(), 0, "no arena for a lone message");
+        // The 100 small messages of a record share one allocation, sized by
+        // the record: the session keeps less than a record of spare room.
         r.clear();
-        chunk(&mut r, 2, Some((1, 5)), true, b"three");
-        let second = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
-        assert_eq!([&first[0][..], &first[1][..], &second[0][..]], [&b"one"[..], b"two", b"three"]);
-        // The second record's message follows the first's in the same
-        // arena, although the first's messages are still held.
-        assert_eq!(second[0].as_ptr() as usize, first[1].as_ptr() as usize + 3);
-        // Messages of many records share one arena allocation.
-        let mut held = Vec::new();
         for _ in 0..100 {
-            r.clear();
             chunk(&mut r, 1, Some((0, 64)), true, &[9u8; 64]);
-            held.extend(payloads(feed(&mut s, &mut c, &r, &config).unwrap()));
         }
-        let span = held[99].as_ptr() as usize - held[0].as_ptr() as usize;
-        assert_eq!(span, 99 * 64);
+        let held = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!(at(&held[99]) - at(&held[0]), 99 * 64);
+        assert!(s.run_arena.capacity() < r.len(), "{} spare", s.run_arena.capacity());
+        // A later small message uses the room left, though `held` is kept.
+        r.clear();
+        chunk(&mut r, 2, Some((1, 1)), true, b"x");
+        let later = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!(at(&later[0]), at(&held[99]) + 64);
+        // A record of 900 small messages: allocations of at most 16 KiB.
+        r.clear();
+        for _ in 0..900 {
+            chunk(&mut r, 1, Some((0, 64)), true, &[5u8; 64]);
+        }
+        let many = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!(many.len(), 900);
+        assert!(s.run_arena.capacity() <= ARENA_MAX);
+        let contiguous = many.windows(2).filter(|w| at(&w[1]) == at(&w[0]) + 64).count();
+        assert!(contiguous >= 890, "{contiguous} of 899 neighbours share an allocation");
     }
 
     #[test]
