@@ -1,0 +1,120 @@
+//! The two throughput workloads of `devp2p bench` on the smol runtime, so
+//! that both runtimes can be measured the same way: 64 B messages (batches
+//! of 1,024, one typed message each, every one checked in order) and bulk
+//! transfer (1 MiB messages, every byte checked). Two nodes in one process
+//! on 127.0.0.1, on smol's global executor with 2 threads (as the tokio
+//! bench has 2 workers). Prints one JSON line per workload.
+//!
+//! ```text
+//! cargo run --release -p devp2p-smol --example bench [messages] [bulk-bytes]
+//! ```
+
+use std::time::Instant;
+
+use devp2p_core::{Bytes, Config, Protocol, ProtocolId};
+use devp2p_smol::{Messages, Node, NodeConfig};
+
+fn config() -> Config {
+    let mut c = Config::with_protocols(vec![Protocol::new("bench", 1, 2)]);
+    c.max_queued_per_peer = 64 << 20;
+    c.max_queued_per_protocol = 16 << 20;
+    c.max_message_size = 1 << 20;
+    c.max_reassembly_per_peer = 16 << 20;
+    c
+}
+
+/// Two connected nodes, the second's stream of protocol 0, and its ID.
+async fn pair() -> (Node, Node, Messages, devp2p_core::NodeId) {
+    let listen = "127.0.0.1:0".parse().expect("address");
+    let (a, _) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.expect("node a");
+    let (b, _) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.expect("node b");
+    let stream = b.messages(ProtocolId(0)).await;
+    a.dial(b.peer_addr().expect("listening")).await.expect("dial");
+    let id = b.node_id();
+    (a, b, stream, id)
+}
+
+async fn messages(count: u64) -> String {
+    let (a, b, mut stream, peer) = pair().await;
+    let t = Instant::now();
+    let rx = smol::spawn(async move {
+        let (mut got, mut buf) = (0u64, Vec::with_capacity(4096));
+        while got < count {
+            buf.clear();
+            assert!(stream.next_batch(&mut buf, 4096).await > 0, "stream ended");
+            for m in &buf {
+                let seq = u64::from_le_bytes(m.payload[..8].try_into().expect("8 bytes"));
+                assert!(seq == got && m.payload.len() == 64, "message {got} arrived as {seq}");
+                got += 1;
+            }
+        }
+    });
+    let mut seq = 0u64;
+    while seq < count {
+        let n = (count - seq).min(1024);
+        let mut all = bytes::BytesMut::zeroed(64 * n as usize);
+        for (i, p) in (seq..seq + n).zip(all.chunks_exact_mut(64)) {
+            p[..8].copy_from_slice(&i.to_le_bytes());
+        }
+        let all = all.freeze();
+        let msgs = (0..n as usize).map(|k| (0, all.slice(k * 64..k * 64 + 64))).collect();
+        a.send_batch(peer, ProtocolId(0), msgs).await.expect("send");
+        seq += n;
+    }
+    rx.await;
+    let s = t.elapsed().as_secs_f64();
+    a.shutdown().await;
+    b.shutdown().await;
+    format!(
+        "{{\"runtime\":\"smol\",\"bench\":\"msgs\",\"messages\":{count},\"secs\":{s:.3},\"msgs_per_sec\":{:.0}}}",
+        count as f64 / s
+    )
+}
+
+async fn bulk(bytes: u64) -> String {
+    let (a, b, mut stream, peer) = pair().await;
+    let count = bytes >> 20;
+    let msgs: Vec<Bytes> = (0..4u64)
+        .map(|seq| (0..1u32 << 20).map(|i| (u64::from(i).wrapping_mul(31).wrapping_add(seq)) as u8).collect())
+        .collect();
+    let expect = msgs.clone();
+    let t = Instant::now();
+    let rx = smol::spawn(async move {
+        let (mut got, mut buf) = (0u64, Vec::new());
+        while got < count {
+            buf.clear();
+            assert!(stream.next_batch(&mut buf, 64).await > 0, "stream ended");
+            for m in &buf {
+                assert!(m.payload == expect[(got % 4) as usize], "bulk message {got} corrupted");
+                got += 1;
+            }
+        }
+    });
+    for seq in 0..count {
+        a.send(peer, ProtocolId(0), 0, msgs[(seq % 4) as usize].clone()).await.expect("send");
+    }
+    rx.await;
+    let s = t.elapsed().as_secs_f64();
+    a.shutdown().await;
+    b.shutdown().await;
+    format!(
+        "{{\"runtime\":\"smol\",\"bench\":\"bulk\",\"bytes\":{},\"secs\":{s:.3},\"mb_per_sec\":{:.1}}}",
+        count << 20,
+        (count << 20) as f64 / s / 1e6
+    )
+}
+
+fn main() {
+    // Two executor threads, as the tokio bench's two workers (set before
+    // smol's global executor starts).
+    if std::env::var_os("SMOL_THREADS").is_none() {
+        std::env::set_var("SMOL_THREADS", "2");
+    }
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
+    let count = args.next().unwrap_or(1_000_000);
+    let bytes = args.next().unwrap_or(1 << 30);
+    smol::block_on(smol::spawn(async move {
+        println!("{}", messages(count).await);
+        println!("{}", bulk(bytes).await);
+    }));
+}
