@@ -1,7 +1,7 @@
-//! The two throughput workloads of `devp2p bench` on the smol runtime, so
-//! that both runtimes can be measured the same way: 64 B messages (batches
-//! of 1,024, one typed message each, every one checked in order) and bulk
-//! transfer (1 MiB messages, every byte checked). Two nodes in one process
+//! Three workloads of `devp2p bench` on the smol runtime, so that both
+//! runtimes can be measured the same way: 64 B messages (batches of 1,024,
+//! one typed message each, every one checked in order), bulk transfer
+//! (1 MiB messages, every byte checked) and 64 B round trips. Two nodes in one process
 //! on 127.0.0.1, on smol's global executor with 2 threads (as the tokio
 //! bench has 2 workers). Prints one JSON line per workload.
 //!
@@ -104,6 +104,53 @@ async fn bulk(bytes: u64) -> String {
     )
 }
 
+/// 64 B round trips: B echoes each message back. Returns p50/p99 in µs.
+async fn rtt(rounds: usize) -> String {
+    let listen = "127.0.0.1:0".parse().expect("address");
+    let (a, mut ea) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.expect("node a");
+    let (b, mut eb) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.expect("node b");
+    a.dial(b.peer_addr().expect("listening")).await.expect("dial");
+    let (pa, pb) = (a.node_id(), b.node_id());
+    let echo = {
+        let b = b.clone();
+        smol::spawn(async move {
+            while let Some(e) = eb.next().await {
+                if let devp2p_core::Event::Message { payload, .. } = e {
+                    if b.send(pa, ProtocolId(0), 1, payload).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let msg = Bytes::from(vec![i as u8; 64]);
+        let t = Instant::now();
+        a.send(pb, ProtocolId(0), 0, msg.clone()).await.expect("send");
+        loop {
+            match ea.next().await.expect("events") {
+                devp2p_core::Event::Message { payload, .. } => {
+                    assert!(payload == msg, "round {i}: wrong echo");
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort_unstable();
+    let p = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    a.shutdown().await;
+    b.shutdown().await;
+    drop(echo);
+    format!(
+        "{{\"runtime\":\"smol\",\"bench\":\"rtt\",\"rounds\":{rounds},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        p(50),
+        p(99)
+    )
+}
+
 fn main() {
     // Two executor threads, as the tokio bench's two workers (set before
     // smol's global executor starts).
@@ -116,5 +163,6 @@ fn main() {
     smol::block_on(smol::spawn(async move {
         println!("{}", messages(count).await);
         println!("{}", bulk(bytes).await);
+        println!("{}", rtt(5000).await);
     }));
 }
