@@ -7,8 +7,9 @@ use core::fmt;
 
 use crate::varint::{self, Reader};
 
-/// The devp2p wire version this implementation speaks.
-pub const WIRE_VERSION: u64 = 1;
+/// The devp2p wire version this implementation speaks: 2 (version 1 gave a
+/// whole message's chunk a `len` field equal to its `total_len`; SPEC.md §15).
+pub const WIRE_VERSION: u64 = 2;
 
 /// Longest sub-protocol name, in bytes.
 pub const MAX_PROTOCOL_NAME: usize = 64;

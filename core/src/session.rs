@@ -422,12 +422,20 @@ impl Session {
                     msg_type: u64::from(m.msg_type),
                     total_len: m.payload.len() as u64,
                 });
-                let worst = chunk::data_header_len(u64::from(m.channel), st, false, remaining as u64);
-                if space < worst + remaining.min(1) {
-                    // Not even a header and one byte fit: the record is full.
-                    break;
-                }
-                let take = remaining.min(space - worst).min(allowance);
+                let channel = u64::from(m.channel);
+                let whole = st.is_some()
+                    && remaining <= allowance
+                    && chunk::data_header_len(channel, st, true, remaining as u64) + remaining <= space;
+                let take = if whole {
+                    remaining
+                } else {
+                    let worst = chunk::data_header_len(channel, st, false, remaining as u64);
+                    if space < worst + remaining.min(1) {
+                        // Not even a header and one byte fit: the record is full.
+                        break;
+                    }
+                    remaining.min(space - worst).min(allowance)
+                };
                 let last = take == remaining;
                 if st.is_some() {
                     channels[idx].credit.charge(flow::cost(m.payload.len()));
@@ -935,6 +943,10 @@ impl Delivery<'_> {
     /// A payload kept alive keeps its allocation alive. Larger messages,
     /// and a small one that ends its record, are copied alone.
     fn whole_payload(&mut self, data: &[u8], rest: usize) -> Bytes {
+        if data.is_empty() {
+            // Pins nothing.
+            return Bytes::new();
+        }
         let room = self.arena.capacity() >= data.len();
         // Large, or alone at the end of its record (one message per record,
         // as a request or a reply): copied alone.
@@ -942,9 +954,13 @@ impl Delivery<'_> {
             return Bytes::copy_from_slice(data);
         }
         if !room {
-            // A fresh allocation, unless the application has dropped every
-            // message of the last one.
-            self.arena.reserve(rest.clamp(data.len(), ARENA_MAX));
+            // The last allocation again if the application has dropped every
+            // message cut from it and it is large enough, else a fresh one of
+            // exactly this size (`reserve` could double it).
+            let want = rest.clamp(data.len(), ARENA_MAX);
+            if !self.arena.try_reclaim(want) {
+                self.arena = BytesMut::with_capacity(want);
+            }
         }
         self.arena.extend_from_slice(data);
         self.arena.split().freeze()
@@ -1213,6 +1229,7 @@ mod tests {
             let mut r = Vec::new();
             chunk(&mut r, 1, Some((4, 1)), true, b"x");
             v.push((r, DisconnectReason::UnknownMessageType));
+            // A whole message's data is `total_len` bytes: 3 announced, 1 there.
             let mut r = Vec::new();
             chunk(&mut r, 1, Some((0, 3)), true, b"x");
             v.push((r, DisconnectReason::ProtocolViolation));
@@ -1275,6 +1292,23 @@ mod tests {
             let (mut s, mut c) = receiver_granted(&config, Some(100));
             assert_eq!(feed(&mut s, &mut c, &update, &config), Err(want), "{update:02x?}");
         }
+    }
+
+    #[test]
+    fn a_message_that_fits_a_record_whole_is_not_split() {
+        // 95 bytes take 5 header bytes whole (no `len`), 7 as a first piece:
+        // in a record of 100 they fit only whole.
+        let config = Config { max_record_size: 100, ..Config::default() };
+        let (mut s, _) = receiver_granted(&config, None);
+        let mut msgs: VecDeque<_> = [(0, Bytes::from(vec![7u8; 95]))].into();
+        let mut queued = 0;
+        let node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        s.queue_batch(ProtocolId(0), &mut msgs, node).unwrap();
+        let mut out = Vec::new();
+        while s.has_output() {
+            s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
+        }
+        assert_eq!(out.len(), 2 + 100 + TAG_LEN, "one record of 100 plaintext bytes");
     }
 
     #[test]

@@ -371,7 +371,11 @@ impl Driver {
                 self.begin_shutdown();
             }
             Command::Route { protocol, tx } => {
-                self.routes.insert(protocol, tx);
+                // A protocol the node does not register gets no messages:
+                // its stream ends at once (`tx` is dropped).
+                if usize::from(protocol.0) < self.core.config().protocols.len() {
+                    self.routes.insert(protocol, tx);
+                }
             }
         }
     }

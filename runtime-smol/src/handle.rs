@@ -263,7 +263,8 @@ impl Node {
     /// so that a slow consumer of one protocol holds up no other (the
     /// others keep flowing through [`Events`] or their own streams). Take it
     /// before connecting: messages that arrived earlier went to `Events`.
-    /// A second call replaces the first stream.
+    /// A second call replaces the first stream. The stream of a protocol
+    /// the node does not register ends at once.
     pub async fn messages(&self, protocol: ProtocolId) -> Messages {
         let (tx, rx) = channel::unbounded();
         let _ = self.inner.cmd.send(Command::Route { protocol, tx }).await;

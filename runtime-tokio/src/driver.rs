@@ -521,8 +521,9 @@ impl Driver {
                 return !r.tx.is_closed();
             }
             // The next batch starts with room for as many as this one (up
-            // to 4,096), instead of growing from nothing again.
-            let next = Vec::with_capacity(r.batch.len().min(4096));
+            // to 1,024: 80 KiB a stream keeps when idle), instead of growing
+            // from nothing again.
+            let next = Vec::with_capacity(r.batch.len().min(1024));
             match r.tx.send(std::mem::replace(&mut r.batch, next)) {
                 Ok(()) => true,
                 Err(e) => {

@@ -457,6 +457,10 @@ async fn batches_and_streams(ra: Runtime, rb: Runtime) {
     let (a, _ea) = spawn_on(ra, "127.0.0.1:0", None).await;
     let (b, mut eb) = spawn_on(rb, "127.0.0.1:0", None).await;
     let mut chat = b.messages(ProtocolId(0)).await;
+    // The stream of a protocol the node does not register ends at once.
+    let mut unknown = b.messages(ProtocolId(999)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), unknown.next()).await.expect("ends at once");
+    assert!(ended.is_none(), "no messages on an unregistered protocol");
     let pb = a.dial(b.peer_addr()).await.expect("dial");
     // 20,000 small messages in batches of 1,000 (more than one queue's worth in flight).
     for batch in 0..20u32 {
