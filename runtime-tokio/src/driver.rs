@@ -641,10 +641,14 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
             Event::Message { protocol, .. } => {
-                // Once the stream is dropped, this and later messages go to
-                // `Events`; `flush` counts what the turn's batch held as
-                // discarded and removes the route.
-                if let Some(route) = self.routes.get_mut(protocol).filter(|r| !r.tx.is_closed()) {
+                // Once the stream is dropped, later messages go to `Events`;
+                // `flush` counts what the turn's batch held as discarded and
+                // removes the route. Whether it was dropped is asked once per
+                // turn (at its first message), not per message: the channel's
+                // state is written by the reading side on every receive.
+                if let Some(route) =
+                    self.routes.get_mut(protocol).filter(|r| !r.batch.is_empty() || !r.tx.is_closed())
+                {
                     let Event::Message { peer, connection, protocol, msg_type, payload } = ev else {
                         return;
                     };
