@@ -195,6 +195,9 @@ impl<D, S> Waiters<D, S> {
             }
             loop {
                 let mut buf = out.buffer();
+                // `poll_transmit` appends: bytes left in a reused buffer
+                // would go to the wrong connection.
+                buf.clear();
                 let Some(id) = node.poll_transmit(now, &mut buf) else {
                     out.recycle(buf);
                     break;

@@ -590,8 +590,10 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
         self.spare.pop().unwrap_or_default()
     }
 
-    fn recycle(&mut self, buf: Vec<u8>) {
+    fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.spare.len() < 64 {
+            // It may hold bytes (those of a transport that is gone).
+            buf.clear();
             self.spare.push(buf);
         }
     }

@@ -978,6 +978,39 @@ fn a_batch_waits_for_queue_space_in_order_and_hands_back_what_is_refused() {
     assert_eq!(e.unsent, vec![(99, Bytes::from_static(b"b")), (2, Bytes::from_static(b"c"))]);
 }
 
+/// Outputs whose recycled buffers come back dirty, as a runtime's might.
+#[derive(Default)]
+struct DirtyBuffers {
+    written: Vec<Vec<u8>>,
+}
+
+impl crate::Outputs<(), u32> for DirtyBuffers {
+    fn buffer(&mut self) -> Vec<u8> {
+        vec![0xaa; 10]
+    }
+    fn recycle(&mut self, _: Vec<u8>) {}
+    fn write(&mut self, _: crate::ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.written.push(buf);
+        Ok(())
+    }
+    fn close(&mut self, _: crate::ConnectionId) {}
+    fn event(&mut self, _: crate::Event) {}
+    fn dial_done(&mut self, _: (), _: Result<crate::NodeId, crate::DisconnectReason>) {}
+    fn send_done(&mut self, _: u32, _: Result<(), crate::BatchError>) {}
+}
+
+#[test]
+fn bytes_left_in_a_reused_buffer_never_reach_a_connection() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.a.send(&b, CHAT, 0, Bytes::from_static(b"hello")).unwrap();
+    let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
+    let mut out = DirtyBuffers::default();
+    w.drain(&mut p.a, p.now, &mut out);
+    assert!(!out.written.is_empty(), "the message was written");
+    assert!(out.written.iter().all(|buf| !buf.starts_with(&[0xaa; 10])), "stale bytes were sent");
+}
+
 #[test]
 fn stalled_protocols_cannot_take_the_whole_peer_queue_from_another() {
     let mut p = consuming_pair(64 << 10);
