@@ -204,6 +204,11 @@ impl Driver {
         // spurious wake at most, instead of a timer registration per turn.
         let mut sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
         let mut armed: Option<StdInstant> = None;
+        // Handles the select below waits on while `self` is borrowed by the
+        // arm that runs: taken once, not per turn (each clone and drop is
+        // an atomic update of a count the other threads share).
+        let events = self.events.clone();
+        let ready = self.ready.clone();
         loop {
             // Timers first, so that busy inputs never starve them.
             let now = self.now();
@@ -221,8 +226,6 @@ impl Driver {
                 }
             }
             let backlog = !self.backlog.is_empty();
-            let events = self.events.clone();
-            let ready = self.ready.clone();
             let mut readable = std::mem::take(&mut self.readable);
             readable.clear();
             tokio::select! {
