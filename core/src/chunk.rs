@@ -171,18 +171,13 @@ pub(crate) fn write_data_header(
     // Each write fits because the caller reserved data_header_len bytes.
     let mut put = |v: u64, n: &mut usize| *n += varint::write_to(&mut out[*n..], v).unwrap_or(0);
     put(channel, &mut n);
-    match start {
-        // A whole message: its length is `total_len` (which must equal `len`).
-        Some(s) if last => {
-            put(s.msg_type, &mut n);
-            put(s.total_len, &mut n);
-        }
-        Some(s) => {
-            put(s.msg_type, &mut n);
-            put(s.total_len, &mut n);
-            put(len, &mut n);
-        }
-        None => put(len, &mut n),
+    if let Some(s) = start {
+        put(s.msg_type, &mut n);
+        put(s.total_len, &mut n);
+    }
+    // A whole message's length is its `total_len` (which must equal `len`).
+    if !(start.is_some() && last) {
+        put(len, &mut n);
     }
     n
 }

@@ -156,6 +156,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// True if `protocol` is one of `protocols` (its index there).
+    pub fn registers(&self, protocol: crate::ProtocolId) -> bool {
+        usize::from(protocol.0) < self.protocols.len()
+    }
+
     /// A default configuration speaking `protocols`.
     pub fn with_protocols(protocols: Vec<Protocol>) -> Self {
         Config { protocols, ..Config::default() }

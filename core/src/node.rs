@@ -380,13 +380,8 @@ impl Node {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let (session, config, queued_total) = self.sendable(peer)?;
-        let node = NodeQueue {
-            queued: queued_total,
-            max: config.max_queued_total,
-            max_per_peer: config.max_queued_per_peer,
-        };
-        session.queue_one(protocol, msg_type, payload, node).map_err(|(e, _)| e)
+        let (session, mut node) = self.sendable(peer)?;
+        session.queue_one(protocol, msg_type, payload, &mut node).map_err(|(e, _)| e)
     }
 
     /// Queues `msgs` for `peer` in order, taking them from the front, until
@@ -398,25 +393,25 @@ impl Node {
         protocol: ProtocolId,
         msgs: &mut VecDeque<(u32, Bytes)>,
     ) -> Result<(), SendError> {
-        let (session, config, queued_total) = self.sendable(peer)?;
+        let (session, mut node) = self.sendable(peer)?;
+        session.queue_batch(protocol, msgs, &mut node)
+    }
+
+    /// The session of `peer` if messages may be queued for it, with the
+    /// node-wide queue limits they are checked against.
+    fn sendable(&mut self, peer: &NodeId) -> Result<(&mut Session, NodeQueue<'_>), SendError> {
+        let Node { peers, connections, config, queued_total, .. } = self;
         let node = NodeQueue {
             queued: queued_total,
             max: config.max_queued_total,
             max_per_peer: config.max_queued_per_peer,
         };
-        session.queue_batch(protocol, msgs, node)
-    }
-
-    /// The session of `peer` if messages may be queued for it, with what
-    /// [`Session::queue_batch`] needs beside it.
-    fn sendable(&mut self, peer: &NodeId) -> Result<(&mut Session, &Config, &mut usize), SendError> {
-        let Node { peers, connections, config, queued_total, .. } = self;
         let conn = peers.get(peer).and_then(|id| connections.get_mut(id)).ok_or(SendError::NotConnected)?;
         if conn.closing.is_some() {
             return Err(SendError::NotConnected);
         }
         match &mut conn.phase {
-            Phase::Established { session, .. } => Ok((session, config, queued_total)),
+            Phase::Established { session, .. } => Ok((session, node)),
             Phase::Handshake(_) => Err(SendError::NotConnected),
         }
     }

@@ -213,10 +213,9 @@ impl Session {
         &mut self,
         protocol: ProtocolId,
         msgs: &mut VecDeque<(u32, Bytes)>,
-        node: NodeQueue<'_>,
+        node: &mut NodeQueue<'_>,
     ) -> Result<(), crate::SendError> {
         while let Some((msg_type, payload)) = msgs.pop_front() {
-            let node = NodeQueue { queued: &mut *node.queued, ..node };
             if let Err((e, payload)) = self.queue_one(protocol, msg_type, payload, node) {
                 msgs.push_front((msg_type, payload));
                 return Err(e);
@@ -232,10 +231,10 @@ impl Session {
         protocol: ProtocolId,
         msg_type: u32,
         payload: Bytes,
-        node: NodeQueue<'_>,
+        node: &mut NodeQueue<'_>,
     ) -> Result<(), (crate::SendError, Bytes)> {
         let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
-        if let Err(e) = self.admit(channel, msg_type, payload.len(), &node) {
+        if let Err(e) = self.admit(channel, msg_type, payload.len(), node) {
             return Err((e, payload));
         }
         self.queued_bytes += payload.len();
@@ -440,10 +439,10 @@ impl Session {
                 if st.is_some() {
                     channels[idx].credit.charge(flow::cost(m.payload.len()));
                 }
-                let hl = chunk::data_header_len(u64::from(m.channel), st, last, take as u64);
+                let hl = chunk::data_header_len(channel, st, last, take as u64);
                 let at = buf.len();
                 buf.resize(at + hl, 0);
-                chunk::write_data_header(&mut buf[at..], u64::from(m.channel), st, last, take as u64);
+                chunk::write_data_header(&mut buf[at..], channel, st, last, take as u64);
                 if take >= SEALED_MIN {
                     // Encrypted from the payload at sealing time (no copy).
                     self.unsealed.push((buf.len() - start, m.payload.slice(m.offset..m.offset + take)));
@@ -1302,8 +1301,8 @@ mod tests {
         let (mut s, _) = receiver_granted(&config, None);
         let mut msgs: VecDeque<_> = [(0, Bytes::from(vec![7u8; 95]))].into();
         let mut queued = 0;
-        let node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
-        s.queue_batch(ProtocolId(0), &mut msgs, node).unwrap();
+        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         let mut out = Vec::new();
         while s.has_output() {
             s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
@@ -1317,8 +1316,8 @@ mod tests {
         let (mut s, _) = receiver_granted(&config, Some(1000));
         let mut msgs: VecDeque<_> = (0..3).map(|_| (0, Bytes::from(vec![0; 400]))).collect();
         let mut queued = 0;
-        let node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
-        s.queue_batch(ProtocolId(0), &mut msgs, node).unwrap();
+        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         assert_eq!(queued, 1200);
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();

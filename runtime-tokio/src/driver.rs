@@ -441,7 +441,7 @@ impl Driver {
             Command::Route { protocol, tx } => {
                 // A protocol the node does not register gets no messages:
                 // its stream ends at once (`tx` is dropped).
-                if usize::from(protocol.0) < self.core.config().protocols.len() {
+                if self.core.config().registers(protocol) {
                     self.routes.insert(protocol, Route { tx, batch: Vec::new() });
                 }
             }
