@@ -3,6 +3,7 @@
 use alloc::vec::Vec;
 use bytes::Bytes;
 
+use crate::batch::MessageBatch;
 use crate::connection::ConnectionId;
 use crate::identity::NodeId;
 use crate::protocol::ProtocolId;
@@ -89,6 +90,12 @@ pub enum Event {
         /// [`Message::payload`]).
         payload: Bytes,
     },
+    /// Several small messages of one peer on one protocol that arrived
+    /// together (whole, in one record), in order: the same as that many
+    /// [`Event::Message`]s, in one buffer. Every consumer of events must
+    /// read these too; [`MessageBatch::into_messages`] turns one into
+    /// [`Message`]s.
+    Messages(MessageBatch),
     /// A connected peer went away. `unsent` holds every message that had
     /// not been completely handed to the transport, in send order.
     PeerDisconnected {
@@ -122,4 +129,31 @@ pub enum Event {
         /// The path now tried.
         to: HandshakePath,
     },
+}
+
+impl From<Message> for Event {
+    fn from(m: Message) -> Self {
+        Event::Message {
+            peer: m.peer,
+            connection: m.connection,
+            protocol: m.protocol,
+            msg_type: m.msg_type,
+            payload: m.payload,
+        }
+    }
+}
+
+impl Event {
+    /// The messages this event delivers, if it delivers any: the
+    /// connection and protocol they came on, how many, and their payload
+    /// bytes in all (what [`Node::consume`](crate::Node::consume) takes).
+    pub fn delivered(&self) -> Option<(ConnectionId, ProtocolId, u64, u64)> {
+        match self {
+            Event::Message { connection, protocol, payload, .. } => {
+                Some((*connection, *protocol, 1, payload.len() as u64))
+            }
+            Event::Messages(b) => Some((b.connection, b.protocol, b.len() as u64, b.payload_bytes() as u64)),
+            _ => None,
+        }
+    }
 }

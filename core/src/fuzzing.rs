@@ -159,7 +159,7 @@ pub fn record(data: &[u8]) {
         // The application consumes after every other record.
         records += 1;
         if records & 1 == 0 {
-            for ev in events.drain(..) {
+            for ev in events.drain(..).flat_map(each_message) {
                 if let Event::Message { protocol, payload, .. } = ev {
                     s.consume(protocol, 1, payload.len() as u64);
                 }
@@ -168,7 +168,7 @@ pub fn record(data: &[u8]) {
             let _ = s.write_records(&mut out, 1 << 16, &config, Instant::ZERO);
         }
     }
-    for e in events {
+    for e in events.into_iter().flat_map(each_message) {
         if let Event::Message { protocol, msg_type, payload, .. } = e {
             assert!(protocol.0 < 2 && msg_type < 4);
             assert!(payload.len() as u64 <= config.max_message_size);
@@ -191,9 +191,22 @@ fn drain(n: &mut Node, now: Instant) -> (Vec<u8>, Vec<Event>) {
     while n.poll_close().is_some() {}
     let mut events = Vec::new();
     while let Some(e) = n.poll_event() {
-        events.push(e);
+        events.extend(each_message(e));
     }
     (out, events)
+}
+
+/// `e`, or the messages of a batch as one [`Event::Message`] each.
+fn each_message(e: Event) -> Vec<Event> {
+    match e {
+        Event::Messages(b) => {
+            let n = b.len();
+            let all: Vec<Event> = b.into_messages().map(Event::from).collect();
+            assert_eq!(all.len(), n, "a batch holds its messages");
+            all
+        }
+        e => alloc::vec![e],
+    }
 }
 
 fn check_bounds(n: &Node) {

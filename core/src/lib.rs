@@ -49,6 +49,7 @@ extern crate alloc;
 extern crate std;
 
 mod addr;
+mod batch;
 mod chunk;
 mod config;
 mod connection;
@@ -79,6 +80,7 @@ mod tests;
 pub mod fuzzing;
 
 pub use addr::{ParseAddrError, PeerAddr};
+pub use batch::{MessageBatch, MessageBatchIter};
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;

@@ -875,8 +875,8 @@ impl Node {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if !self.config.manual_consume {
-            if let Event::Message { connection, protocol, payload, .. } = &ev {
-                self.consume(*connection, *protocol, 1, payload.len() as u64);
+            if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
+                self.consume(connection, protocol, messages, bytes);
             }
         }
         Some(ev)

@@ -7,6 +7,7 @@ use core::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::batch::MessageBatch;
 use crate::chunk::{self, Chunk, MessageStart};
 use crate::config::Config;
 use crate::connection::ConnectionId;
@@ -563,8 +564,10 @@ impl Session {
         let ks = self.recv.verify(&[], ct, &t).map_err(|_| DisconnectReason::DecryptFailed)?;
         self.last_recv = now;
         let mut text = Opening { ct, ks, done: 0 };
-        let mut out = Delivery { arena: core::mem::take(&mut self.run_arena), events };
+        let mut out =
+            Delivery::new(core::mem::take(&mut self.run_arena), events, (self.peer, self.connection));
         let result = self.read_chunks(&mut text, config, now, &mut out);
+        out.close();
         self.run_arena = out.arena;
         let (outcome, rekeys) = result?;
         // Each REKEY in a record advances the receive key once, after the record.
@@ -715,14 +718,7 @@ impl Session {
                     let st = &mut self.channels[idx].stats;
                     st.messages_in += 1;
                     st.bytes_in += total as u64;
-                    let payload = out.whole_payload(data.plain, data.rest);
-                    out.events.push_back(Event::Message {
-                        peer: self.peer,
-                        connection: self.connection,
-                        protocol: shared.id,
-                        msg_type,
-                        payload,
-                    });
+                    out.whole(shared.id, msg_type, data.plain, data.rest);
                     return Ok(());
                 }
                 if self.reassembly_bytes + total > config.max_reassembly_per_peer {
@@ -777,13 +773,7 @@ impl Session {
                 // succeeds only once the application has dropped the message.
                 self.spare.push((p.buf.split_to(0), p.alloc));
             }
-            out.events.push_back(Event::Message {
-                peer: self.peer,
-                connection: self.connection,
-                protocol: shared.id,
-                msg_type: p.msg_type,
-                payload,
-            });
+            out.push(out.message(shared.id, p.msg_type, payload));
         } else {
             self.channels[idx].partial = Some(p);
         }
@@ -926,31 +916,43 @@ impl Piece<'_> {
 }
 
 /// Where the messages of one record go: the events, with the payloads of
-/// small whole messages cut from the session's arena.
+/// small whole messages copied into the session's arena and handed out in
+/// runs (one [`Event::Messages`] for consecutive ones of one protocol).
 struct Delivery<'a> {
-    /// The session's `run_arena`.
+    /// The session's `run_arena`; while a run is open, its payloads are
+    /// the arena's bytes.
     arena: BytesMut,
     events: &'a mut VecDeque<Event>,
+    /// The peer and connection the record came from.
+    from: (NodeId, ConnectionId),
+    /// The open run: its protocol, and each message's type and payload end
+    /// in `arena`.
+    run: Option<(ProtocolId, Vec<(u32, u32)>)>,
 }
 
-impl Delivery<'_> {
-    /// The payload of a message that arrived whole (`rest`: bytes of the
-    /// record from it on). Small ones are copied into the session's arena,
-    /// one allocation for many messages, not one each; an allocation is as
+impl<'a> Delivery<'a> {
+    fn new(arena: BytesMut, events: &'a mut VecDeque<Event>, from: (NodeId, ConnectionId)) -> Self {
+        Delivery { arena, events, from, run: None }
+    }
+
+    /// Delivers a message that arrived whole (`rest`: bytes of the record
+    /// from it on). Small ones are copied into the session's arena, one
+    /// allocation for many messages, not one each; an allocation is as
     /// large as the rest of the record (the most its small messages can
     /// need) up to 16 KiB, so a session keeps at most 16 KiB of spare room.
     /// A payload kept alive keeps its allocation alive. Larger messages,
     /// and a small one that ends its record, are copied alone.
-    fn whole_payload(&mut self, data: &[u8], rest: usize) -> Bytes {
-        if data.is_empty() {
-            // Pins nothing.
-            return Bytes::new();
+    fn whole(&mut self, protocol: ProtocolId, msg_type: u32, data: &[u8], rest: usize) {
+        let room = self.arena.capacity() - self.arena.len() >= data.len();
+        // Empty (pins nothing); large; or alone at the end of its record
+        // (one message per record, as a request or a reply): copied alone.
+        if data.is_empty() || data.len() > SHARED_MAX || (!room && rest < data.len() + LONE_TAIL) {
+            let payload = if data.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(data) };
+            self.push(self.message(protocol, msg_type, payload));
+            return;
         }
-        let room = self.arena.capacity() >= data.len();
-        // Large, or alone at the end of its record (one message per record,
-        // as a request or a reply): copied alone.
-        if data.len() > SHARED_MAX || (!room && rest < data.len() + LONE_TAIL) {
-            return Bytes::copy_from_slice(data);
+        if self.run.as_ref().is_some_and(|(p, _)| *p != protocol) || !room {
+            self.close();
         }
         if !room {
             // The last allocation again if the application has dropped every
@@ -962,13 +964,46 @@ impl Delivery<'_> {
             }
         }
         self.arena.extend_from_slice(data);
-        self.arena.split().freeze()
+        let end = self.arena.len() as u32;
+        let (_, index) = self.run.get_or_insert_with(|| {
+            // Room for as many more messages of this size as the rest of the record could hold.
+            let guess = (rest / (data.len() + 4)).clamp(1, 1024);
+            (protocol, Vec::with_capacity(guess))
+        });
+        index.push((msg_type, end));
+    }
+
+    fn message(&self, protocol: ProtocolId, msg_type: u32, payload: Bytes) -> Event {
+        let (peer, connection) = self.from;
+        Event::Message { peer, connection, protocol, msg_type, payload }
+    }
+
+    /// Delivers `ev` after the open run.
+    fn push(&mut self, ev: Event) {
+        self.close();
+        self.events.push_back(ev);
+    }
+
+    /// Hands out the open run: one message as [`Event::Message`], more as
+    /// [`Event::Messages`].
+    fn close(&mut self) {
+        let Some((protocol, index)) = self.run.take() else { return };
+        let data = self.arena.split().freeze();
+        let ev = match index[..] {
+            [(msg_type, _)] => self.message(protocol, msg_type, data),
+            _ => {
+                let (peer, connection) = self.from;
+                Event::Messages(MessageBatch::from_parts((peer, connection, protocol), data, index))
+            }
+        };
+        self.events.push_back(ev);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Message;
     use crate::protocol::ProtocolId;
     use alloc::vec;
 
@@ -1049,19 +1084,24 @@ mod tests {
     fn small_messages_share_an_allocation_sized_by_their_record() {
         let config = Config::default();
         let (mut s, mut c) = receiver(&config);
-        let payloads = |ev: Vec<Event>| -> Vec<Bytes> {
-            ev.into_iter()
-                .map(|e| match e {
-                    Event::Message { payload, .. } => payload,
+        // The payloads, and how many events brought them.
+        let payloads = |ev: Vec<Event>| -> (Vec<Bytes>, usize) {
+            let events = ev.len();
+            let all = ev
+                .into_iter()
+                .flat_map(|e| match e {
+                    Event::Message { payload, .. } => vec![payload],
+                    Event::Messages(b) => (0..b.len()).filter_map(|i| b.payload(i)).collect(),
                     e => panic!("{e:?}"),
                 })
-                .collect()
+                .collect();
+            (all, events)
         };
         let at = |b: &Bytes| b.as_ptr() as usize;
         // A message alone in its record (a request, a reply) is copied alone.
         let mut r = Vec::new();
         chunk(&mut r, 1, Some((0, 3)), true, b"one");
-        let lone = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        let (lone, _) = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
         assert_eq!(&lone[0][..], b"one");
         assert_eq!(s.run_arena.capacity(), 0, "no arena for a lone message");
         // The 100 small messages of a record share one allocation, sized by
@@ -1070,24 +1110,105 @@ mod tests {
         for _ in 0..100 {
             chunk(&mut r, 1, Some((0, 64)), true, &[9u8; 64]);
         }
-        let held = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        let (held, events) = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        assert_eq!(events, 1, "one batch");
         assert_eq!(at(&held[99]) - at(&held[0]), 99 * 64);
         assert!(s.run_arena.capacity() < r.len(), "{} spare", s.run_arena.capacity());
         // A later small message uses the room left, though `held` is kept.
         r.clear();
         chunk(&mut r, 2, Some((1, 1)), true, b"x");
-        let later = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        let (later, _) = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
         assert_eq!(at(&later[0]), at(&held[99]) + 64);
         // A record of 900 small messages: allocations of at most 16 KiB.
         r.clear();
         for _ in 0..900 {
             chunk(&mut r, 1, Some((0, 64)), true, &[5u8; 64]);
         }
-        let many = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
+        let (many, events) = payloads(feed(&mut s, &mut c, &r, &config).unwrap());
         assert_eq!(many.len(), 900);
+        // A batch is one allocation: 900 x 64 B need four of 16 KiB.
+        assert!((4..=5).contains(&events), "{events} batches");
         assert!(s.run_arena.capacity() <= ARENA_MAX);
         let contiguous = many.windows(2).filter(|w| at(&w[1]) == at(&w[0]) + 64).count();
         assert!(contiguous >= 890, "{contiguous} of 899 neighbours share an allocation");
+    }
+
+    #[test]
+    fn consecutive_small_messages_of_a_protocol_come_as_one_batch_in_order() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        // A large message starts in one record...
+        let mut r = Vec::new();
+        chunk(&mut r, 2, Some((3, 2 * SHARED_MAX as u64)), false, &[7u8; SHARED_MAX]);
+        assert!(feed(&mut s, &mut c, &r, &config).unwrap().is_empty());
+        // ... and ends in the next, between runs of small ones.
+        r.clear();
+        for (channel, msg_type, body) in [(1, 0, &b"a0"[..]), (1, 1, b"a1"), (1, 2, b""), (1, 2, b"a2")] {
+            chunk(&mut r, channel, Some((msg_type, body.len() as u64)), true, body);
+        }
+        chunk(&mut r, 2, None, true, &[8u8; SHARED_MAX]);
+        chunk(&mut r, 2, Some((1, 2)), true, b"b0");
+        chunk(&mut r, 2, Some((2, 2)), true, b"b1");
+        chunk(&mut r, 1, Some((0, 2)), true, b"c0");
+        chunk(&mut r, 1, Some((1, 3)), true, b"c1!");
+        chunk(&mut r, 2, Some((3, 2)), true, b"d0");
+        let events = feed(&mut s, &mut c, &r, &config).unwrap();
+        // Each event as its protocol and (type, payload) pairs.
+        type Shape = Vec<(u16, Vec<(u32, Vec<u8>)>)>;
+        let shape: Shape = events
+            .iter()
+            .map(|e| match e {
+                Event::Message { protocol, msg_type, payload, .. } => {
+                    (protocol.0, vec![(*msg_type, payload.to_vec())])
+                }
+                Event::Messages(b) => (b.protocol.0, b.iter().map(|(t, p)| (t, p.to_vec())).collect()),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        let large: Vec<u8> = [[7u8; SHARED_MAX], [8u8; SHARED_MAX]].concat();
+        let expect: Shape = vec![
+            // The empty message is delivered alone; it ends a run.
+            (0, vec![(0, b"a0".to_vec()), (1, b"a1".to_vec())]),
+            (0, vec![(2, vec![])]),
+            (0, vec![(2, b"a2".to_vec())]),
+            (1, vec![(3, large)]),
+            (1, vec![(1, b"b0".to_vec()), (2, b"b1".to_vec())]),
+            (0, vec![(0, b"c0".to_vec()), (1, b"c1!".to_vec())]),
+            // Alone at the end of the record: copied alone.
+            (1, vec![(3, b"d0".to_vec())]),
+        ];
+        assert_eq!(shape, expect);
+        // The batch's other views agree with its iterator.
+        let Event::Messages(b) = &events[5] else { panic!("{:?}", events[5]) };
+        assert_eq!((b.len(), b.payload_bytes(), b.is_empty()), (2, 5, false));
+        assert_eq!(b.get(1), Some((1, &b"c1!"[..])));
+        assert_eq!(b.get(2), None);
+        assert_eq!(b.payload(0).as_deref(), Some(&b"c0"[..]));
+        assert_eq!(b.iter().len(), 2);
+        let owned: Vec<Message> = b.clone().into_messages().collect();
+        assert_eq!(owned.len(), 2);
+        assert_eq!(
+            (owned[1].msg_type, &owned[1].payload[..], owned[1].protocol),
+            (1, &b"c1!"[..], ProtocolId(0))
+        );
+        assert_eq!(owned[0], b.message(0).unwrap());
+        assert_eq!(events[5].delivered(), Some((ConnectionId(0), ProtocolId(0), 2, 5)));
+        // Split: the front keeps the first, the rest re-based on its buffer.
+        let mut front = b.clone();
+        let rest = front.split_off(1);
+        assert_eq!(front.iter().collect::<Vec<_>>(), vec![(0, &b"c0"[..])]);
+        assert_eq!(rest.iter().collect::<Vec<_>>(), vec![(1, &b"c1!"[..])]);
+        assert_eq!((rest.payload_bytes(), rest.protocol), (3, ProtocolId(0)));
+        assert!(front.clone().split_off(5).is_empty());
+        // The same messages, one at a time, as a batch of one.
+        let one = MessageBatch::one(owned[1].clone());
+        assert_eq!(one.iter().collect::<Vec<_>>(), vec![(1, &b"c1!"[..])]);
+        assert_eq!(one.message(0), Some(owned[1].clone()));
+        assert_eq!(one.get(1), None);
+        let (mut kept, mut all) = (one.clone(), one.clone());
+        assert!(kept.split_off(1).is_empty() && kept == one);
+        assert_eq!(all.split_off(0), one);
+        assert!(all.is_empty() && all.payload_bytes() == 0);
     }
 
     #[test]

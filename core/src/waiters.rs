@@ -41,10 +41,10 @@ impl Consumed {
         self.bytes += bytes + messages * crate::MESSAGE_OVERHEAD;
     }
 
-    /// Notes the message an event carries, if it carries one.
+    /// Notes the messages an event carries, if it carries any.
     pub fn add_event(&mut self, ev: &Event) {
-        if let Event::Message { connection, protocol, payload, .. } = ev {
-            self.add(*connection, *protocol, payload.len());
+        if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
+            self.add_many(connection, protocol, messages, bytes);
         }
     }
 

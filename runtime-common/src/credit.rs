@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devp2p_core::{ConnectionId, Consumed, Event, Message, ProtocolId, MESSAGE_OVERHEAD};
+use devp2p_core::{ConnectionId, Consumed, Event, Message, MessageBatch, ProtocolId, MESSAGE_OVERHEAD};
 
 /// Notes are handed over at this flow-control cost, or before the reader waits.
 const FLUSH_AT: u64 = 64 << 10;
@@ -63,27 +63,32 @@ impl Taken {
 
     /// Notes an event the application took.
     pub fn event(&mut self, ev: &Event) {
-        if let Event::Message { connection, protocol, payload, .. } = ev {
-            self.note(*connection, *protocol, payload.len());
+        if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
+            self.note(connection, protocol, messages, bytes);
         }
     }
 
     /// Notes a message the application took.
     pub fn message(&mut self, m: &Message) {
-        self.note(m.connection, m.protocol, m.payload.len());
+        self.note(m.connection, m.protocol, 1, m.payload.len() as u64);
     }
 
-    fn note(&mut self, connection: ConnectionId, protocol: ProtocolId, len: usize) {
+    /// Notes a batch of messages the application took.
+    pub fn batch(&mut self, b: &MessageBatch) {
+        self.note(b.connection, b.protocol, b.len() as u64, b.payload_bytes() as u64);
+    }
+
+    fn note(&mut self, connection: ConnectionId, protocol: ProtocolId, messages: u64, bytes: u64) {
         match &mut self.run {
             Some(r) if r.connection == connection && r.protocol == protocol => {
-                r.messages += 1;
-                r.bytes += len as u64;
+                r.messages += messages;
+                r.bytes += bytes;
             }
             run => {
                 if let Some(r) = run.take() {
                     self.local.add_many(r.connection, r.protocol, r.messages, r.bytes);
                 }
-                *run = Some(Run { connection, protocol, messages: 1, bytes: len as u64 });
+                *run = Some(Run { connection, protocol, messages, bytes });
             }
         }
         let run_cost = self.run.map_or(0, |r| r.bytes + r.messages * MESSAGE_OVERHEAD);

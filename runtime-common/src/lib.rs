@@ -12,6 +12,8 @@
 
 mod credit;
 mod handle;
+mod reader;
 
 pub use credit::{CreditShared, Taken};
 pub use handle::{DialError, NodeConfig, NodeError};
+pub use reader::BatchReader;

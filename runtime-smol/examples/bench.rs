@@ -38,13 +38,12 @@ async fn messages(count: u64) -> String {
     let (a, b, mut stream, peer) = pair().await;
     let t = Instant::now();
     let rx = smol::spawn(async move {
-        let (mut got, mut buf) = (0u64, Vec::with_capacity(4096));
+        let mut got = 0u64;
         while got < count {
-            buf.clear();
-            assert!(stream.next_batch(&mut buf, 4096).await > 0, "stream ended");
-            for m in &buf {
-                let seq = u64::from_le_bytes(m.payload[..8].try_into().expect("8 bytes"));
-                assert!(seq == got && m.payload.len() == 64, "message {got} arrived as {seq}");
+            let batch = stream.next_batch().await.expect("stream ended");
+            for (_, payload) in &batch {
+                let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                assert!(seq == got && payload.len() == 64, "message {got} arrived as {seq}");
                 got += 1;
             }
         }
@@ -80,12 +79,11 @@ async fn bulk(bytes: u64) -> String {
     let expect = msgs.clone();
     let t = Instant::now();
     let rx = smol::spawn(async move {
-        let (mut got, mut buf) = (0u64, Vec::new());
+        let mut got = 0u64;
         while got < count {
-            buf.clear();
-            assert!(stream.next_batch(&mut buf, 64).await > 0, "stream ended");
-            for m in &buf {
-                assert!(m.payload == expect[(got % 4) as usize], "bulk message {got} corrupted");
+            let batch = stream.next_batch().await.expect("stream ended");
+            for (_, payload) in &batch {
+                assert!(payload == expect[(got % 4) as usize], "bulk message {got} corrupted");
                 got += 1;
             }
         }

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, NodeId, Outputs,
-    PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, MessageBatch,
+    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use devp2p_runtime::{CreditShared, DialError};
 use smol::channel::{self, Receiver, Sender};
@@ -59,7 +59,7 @@ pub(crate) enum Command {
     /// Messages of `protocol` go to `tx` from now on.
     Route {
         protocol: ProtocolId,
-        tx: Sender<Message>,
+        tx: Sender<MessageBatch>,
     },
 }
 
@@ -111,7 +111,7 @@ pub(crate) struct Driver {
     /// Events the application's channel had no room for yet.
     backlog: VecDeque<Event>,
     /// Protocols whose messages have a stream of their own.
-    routes: HashMap<ProtocolId, Sender<Message>>,
+    routes: HashMap<ProtocolId, Sender<MessageBatch>>,
     /// Messages the application took (from `Events` or `Messages`).
     credit: Arc<CreditShared>,
     credit_rx: Receiver<()>,
@@ -478,7 +478,7 @@ struct Sink<'a> {
     conns: &'a mut HashMap<ConnectionId, ConnIo>,
     spare: &'a mut Vec<Vec<u8>>,
     backlog: &'a mut VecDeque<Event>,
-    routes: &'a mut HashMap<ProtocolId, Sender<Message>>,
+    routes: &'a mut HashMap<ProtocolId, Sender<MessageBatch>>,
     discarded: &'a mut Consumed,
 }
 
@@ -535,15 +535,26 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             Event::HandshakeDowngraded { peer, from, to, .. } => {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
-            Event::Message { peer, connection, protocol, msg_type, payload }
+            Event::Message { protocol, .. } | Event::Messages(MessageBatch { protocol, .. })
                 if self.routes.contains_key(&protocol) =>
             {
-                let m = Message { peer, connection, protocol, msg_type, payload };
+                let b = match ev {
+                    Event::Message { peer, connection, protocol, msg_type, payload } => {
+                        MessageBatch::one(Message { peer, connection, protocol, msg_type, payload })
+                    }
+                    Event::Messages(b) => b,
+                    _ => return,
+                };
                 // Unbounded: flow control bounds what a stream holds.
-                if let Some(Err(e)) = self.routes.get(&protocol).map(|tx| tx.try_send(m)) {
+                if let Some(Err(e)) = self.routes.get(&protocol).map(|tx| tx.try_send(b)) {
                     // The stream was dropped: later messages go to `Events`.
-                    let m = e.into_inner();
-                    self.discarded.add(m.connection, m.protocol, m.payload.len());
+                    let b = e.into_inner();
+                    self.discarded.add_many(
+                        b.connection,
+                        b.protocol,
+                        b.len() as u64,
+                        b.payload_bytes() as u64,
+                    );
                     self.routes.remove(&protocol);
                 }
                 return;

@@ -1,5 +1,6 @@
 //! The public handle of a running node and its event stream.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -7,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, Event, Keypair, Message, NodeId, PeerAddr, PeerMetrics, ProtocolId,
-    SendError,
+    BatchError, Broadcast, Bytes, Event, Keypair, Message, MessageBatch, NodeId, PeerAddr, PeerMetrics,
+    ProtocolId, SendError,
 };
-use devp2p_runtime::{CreditShared, DialError, NodeConfig, NodeError, Taken};
+use devp2p_runtime::{BatchReader, CreditShared, DialError, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpListener;
@@ -21,24 +22,39 @@ use crate::driver::{Command, Driver};
 /// The application's events. Consume them promptly: when `event_capacity`
 /// events are waiting, the node stops reading from the network. A message
 /// counts as consumed, and its flow-control credit goes back to the sender,
-/// when `next` returns it.
+/// when `next` returns it. Messages come one per [`Event::Message`]: an
+/// [`Event::Messages`] from the core is handed out as its messages.
 #[derive(Debug)]
 pub struct Events {
     rx: Receiver<Event>,
+    /// Messages of a batch received and not yet handed out.
+    held: VecDeque<Event>,
     taken: Taken,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = match self.rx.try_recv() {
-            Ok(ev) => ev,
-            Err(channel::TryRecvError::Empty) => {
-                // About to wait: return the credit of what was taken.
-                self.taken.flush();
-                self.rx.recv().await.ok()?
+        let ev = match self.held.pop_front() {
+            Some(ev) => ev,
+            None => {
+                let ev = match self.rx.try_recv() {
+                    Ok(ev) => ev,
+                    Err(channel::TryRecvError::Empty) => {
+                        // About to wait: return the credit of what was taken.
+                        self.taken.flush();
+                        self.rx.recv().await.ok()?
+                    }
+                    Err(channel::TryRecvError::Closed) => return None,
+                };
+                match ev {
+                    Event::Messages(b) => {
+                        self.held.extend(b.into_messages().map(Event::from));
+                        self.held.pop_front()?
+                    }
+                    ev => ev,
+                }
             }
-            Err(channel::TryRecvError::Closed) => return None,
         };
         self.taken.event(&ev);
         Some(ev)
@@ -52,7 +68,17 @@ impl Events {
         out.push(first);
         let mut n = 1;
         while n < limit {
-            let Ok(ev) = self.rx.try_recv() else { break };
+            let ev = match self.held.pop_front() {
+                Some(ev) => ev,
+                None => match self.rx.try_recv() {
+                    Ok(Event::Messages(b)) => {
+                        self.held.extend(b.into_messages().map(Event::from));
+                        continue;
+                    }
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                },
+            };
             self.taken.event(&ev);
             out.push(ev);
             n += 1;
@@ -66,6 +92,7 @@ impl Drop for Events {
         // Nobody will read what is left: it is discarded, which consumes
         // it (its flow-control credit goes back).
         self.rx.close();
+        self.held.iter().for_each(|ev| self.taken.event(ev));
         while let Ok(ev) = self.rx.try_recv() {
             self.taken.event(&ev);
         }
@@ -80,38 +107,51 @@ impl Drop for Events {
 /// go to [`Events`].
 #[derive(Debug)]
 pub struct Messages {
-    rx: Receiver<Message>,
-    taken: Taken,
+    rx: Receiver<MessageBatch>,
+    reader: BatchReader,
 }
 
 impl Messages {
-    /// The next message, or `None` once the node has stopped.
-    pub async fn next(&mut self) -> Option<Message> {
-        let m = match self.rx.try_recv() {
-            Ok(m) => m,
-            Err(channel::TryRecvError::Empty) => {
-                self.taken.flush();
-                self.rx.recv().await.ok()?
-            }
-            Err(channel::TryRecvError::Closed) => return None,
-        };
-        self.taken.message(&m);
-        Some(m)
+    pub(crate) fn new(rx: Receiver<MessageBatch>, taken: Taken) -> Self {
+        Messages { rx, reader: BatchReader::new(taken) }
     }
 
-    /// Waits for messages and appends up to `limit` of them to `out`;
-    /// returns how many (0 once the node has stopped).
-    pub async fn next_batch(&mut self, out: &mut Vec<Message>, limit: usize) -> usize {
-        let Some(first) = self.next().await else { return 0 };
-        out.push(first);
-        let mut n = 1;
-        while n < limit {
-            let Ok(m) = self.rx.try_recv() else { break };
-            self.taken.message(&m);
-            out.push(m);
-            n += 1;
+    /// The next batch received, waiting if need be; `None` once the node
+    /// has stopped.
+    async fn recv(&mut self) -> Option<MessageBatch> {
+        match self.rx.try_recv() {
+            Ok(b) => Some(b),
+            Err(channel::TryRecvError::Empty) => {
+                // About to wait: hand back the credit of what was read.
+                self.reader.flush();
+                self.rx.recv().await.ok()
+            }
+            Err(channel::TryRecvError::Closed) => None,
         }
-        n
+    }
+
+    /// The next message, or `None` once the node has stopped.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self.reader.message() {
+                return Some(m);
+            }
+            let b = self.recv().await?;
+            self.reader.start(b);
+        }
+    }
+
+    /// The next messages, as many as arrived together from one peer (at
+    /// least one), in one [`MessageBatch`]: the cheapest way to read many
+    /// small messages. `None` once the node has stopped.
+    pub async fn next_batch(&mut self) -> Option<MessageBatch> {
+        match self.reader.rest() {
+            Some(rest) => Some(rest),
+            None => {
+                let b = self.recv().await?;
+                Some(self.reader.take(b))
+            }
+        }
     }
 }
 
@@ -119,9 +159,7 @@ impl Drop for Messages {
     fn drop(&mut self) {
         // What is left is discarded, which consumes it.
         self.rx.close();
-        while let Ok(m) = self.rx.try_recv() {
-            self.taken.message(&m);
-        }
+        self.reader.discard(std::iter::from_fn(|| self.rx.try_recv().ok()));
     }
 }
 
@@ -182,7 +220,7 @@ impl Node {
         });
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = smol::spawn(driver.run());
-        let events = Events { rx: ev_rx, taken: Taken::new(credit.clone()) };
+        let events = Events { rx: ev_rx, held: VecDeque::new(), taken: Taken::new(credit.clone()) };
         let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
         Ok((Node { inner: Arc::new(inner) }, events))
     }
@@ -268,7 +306,7 @@ impl Node {
     pub async fn messages(&self, protocol: ProtocolId) -> Messages {
         let (tx, rx) = channel::unbounded();
         let _ = self.inner.cmd.send(Command::Route { protocol, tx }).await;
-        Messages { rx, taken: Taken::new(self.inner.credit.clone()) }
+        Messages::new(rx, Taken::new(self.inner.credit.clone()))
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.

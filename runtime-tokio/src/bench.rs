@@ -44,15 +44,11 @@ fn bulk_message(seq: u64) -> Bytes {
 
 /// Receives `count` bulk messages on `stream`, checking each against `expect`.
 async fn receive_bulk(mut stream: Messages, count: u64, expect: Vec<Bytes>) -> Result<Messages, String> {
-    let mut batch = Vec::new();
     let mut seq = 0u64;
     while seq < count {
-        batch.clear();
-        if stream.next_batch(&mut batch, 64).await == 0 {
-            return Err("stream ended".into());
-        }
-        for m in &batch {
-            if m.payload != expect[(seq % expect.len() as u64) as usize] {
+        let batch = stream.next_batch().await.ok_or("stream ended")?;
+        for (_, payload) in &batch {
+            if payload != expect[(seq % expect.len() as u64) as usize] {
                 return Err(format!("bulk message {seq} corrupted"));
             }
             seq += 1;
@@ -113,15 +109,11 @@ pub async fn messages(count: u64, batch: usize) -> Result<String, String> {
     let t = Instant::now();
     let rx = tokio::spawn(async move {
         let mut got = 0u64;
-        let mut buf = Vec::with_capacity(4096);
         while got < count {
-            buf.clear();
-            if stream.next_batch(&mut buf, 4096).await == 0 {
-                return Err("stream ended".to_string());
-            }
-            for m in &buf {
-                let seq = u64::from_le_bytes(m.payload[..8].try_into().map_err(|_| "short message")?);
-                if seq != got || m.payload.len() != 64 {
+            let batch = stream.next_batch().await.ok_or("stream ended")?;
+            for (_, payload) in &batch {
+                let seq = u64::from_le_bytes(payload[..8].try_into().map_err(|_| "short message")?);
+                if seq != got || payload.len() != 64 {
                     return Err(format!("message {got} arrived as {seq}"));
                 }
                 got += 1;

@@ -8,8 +8,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, NodeId, Outputs,
-    PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, MessageBatch,
+    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
 };
 use devp2p_runtime::{CreditShared, DialError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,7 +68,7 @@ pub(crate) enum Command {
     /// Messages of `protocol` go to `tx` from now on.
     Route {
         protocol: ProtocolId,
-        tx: mpsc::UnboundedSender<Vec<Message>>,
+        tx: mpsc::UnboundedSender<Vec<MessageBatch>>,
     },
 }
 
@@ -523,15 +523,16 @@ impl Driver {
             if r.batch.is_empty() {
                 return !r.tx.is_closed();
             }
-            // The next batch starts with room for as many as this one (up
-            // to 1,024: 80 KiB a stream keeps when idle), instead of growing
-            // from nothing again.
-            let next = Vec::with_capacity(r.batch.len().min(1024));
+            // The next turn's list starts with room for as many batches as
+            // this one's (up to 64), instead of growing from nothing again.
+            let next = Vec::with_capacity(r.batch.len().min(64));
             match r.tx.send(std::mem::replace(&mut r.batch, next)) {
                 Ok(()) => true,
                 Err(e) => {
                     // Dropped since: its messages are discarded (consumed).
-                    e.0.iter().for_each(|m| discarded.add(m.connection, m.protocol, m.payload.len()));
+                    e.0.iter().for_each(|b| {
+                        discarded.add_many(b.connection, b.protocol, b.len() as u64, b.payload_bytes() as u64)
+                    });
                     false
                 }
             }
@@ -546,8 +547,8 @@ impl Driver {
 /// A protocol's own stream ([`Node::messages`](crate::Node::messages)) and
 /// the messages for it gathered during the current turn.
 struct Route {
-    tx: mpsc::UnboundedSender<Vec<Message>>,
-    batch: Vec<Message>,
+    tx: mpsc::UnboundedSender<Vec<MessageBatch>>,
+    batch: Vec<MessageBatch>,
 }
 
 /// The protocols' own streams, indexed by protocol id (a lookup per
@@ -645,7 +646,7 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             Event::HandshakeDowngraded { peer, from, to, .. } => {
                 tracing::warn!(%peer, ?from, ?to, "handshake downgraded; stale knowledge dropped");
             }
-            Event::Message { protocol, .. } => {
+            Event::Message { protocol, .. } | Event::Messages(MessageBatch { protocol, .. }) => {
                 // Once the stream is dropped, later messages go to `Events`;
                 // `flush` counts what the turn's batch held as discarded and
                 // removes the route. Whether it was dropped is asked once per
@@ -654,10 +655,19 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
                 if let Some(route) =
                     self.routes.get_mut(protocol).filter(|r| !r.batch.is_empty() || !r.tx.is_closed())
                 {
-                    let Event::Message { peer, connection, protocol, msg_type, payload } = ev else {
-                        return;
-                    };
-                    route.batch.push(Message { peer, connection, protocol, msg_type, payload });
+                    match ev {
+                        Event::Message { peer, connection, protocol, msg_type, payload } => {
+                            route.batch.push(MessageBatch::one(Message {
+                                peer,
+                                connection,
+                                protocol,
+                                msg_type,
+                                payload,
+                            }))
+                        }
+                        Event::Messages(b) => route.batch.push(b),
+                        _ => {}
+                    }
                     return;
                 }
             }

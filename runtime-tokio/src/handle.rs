@@ -1,5 +1,6 @@
 //! The public handle of a running node and its event stream.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -7,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, Event, Keypair, Message, NodeId, PeerMetrics, ProtocolId, SendError,
+    BatchError, Broadcast, Bytes, Event, Keypair, Message, MessageBatch, NodeId, PeerMetrics, ProtocolId,
+    SendError,
 };
-use devp2p_runtime::{CreditShared, DialError, NodeConfig, NodeError, Taken};
+use devp2p_runtime::{BatchReader, CreditShared, DialError, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -21,24 +23,39 @@ use devp2p_core::PeerAddr;
 /// The application's events. Consume them promptly: when `event_capacity`
 /// events are waiting, the node stops reading from the network. A message
 /// counts as consumed, and its flow-control credit goes back to the sender,
-/// when `next` returns it.
+/// when `next` returns it. Messages come one per [`Event::Message`]: an
+/// [`Event::Messages`] from the core is handed out as its messages.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    /// Messages of a batch received and not yet handed out.
+    held: VecDeque<Event>,
     taken: Taken,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = match self.rx.try_recv() {
-            Ok(ev) => ev,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // About to wait: return the credit of what was taken.
-                self.taken.flush();
-                self.rx.recv().await?
+        let ev = match self.held.pop_front() {
+            Some(ev) => ev,
+            None => {
+                let ev = match self.rx.try_recv() {
+                    Ok(ev) => ev,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // About to wait: return the credit of what was taken.
+                        self.taken.flush();
+                        self.rx.recv().await?
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                };
+                match ev {
+                    Event::Messages(b) => {
+                        self.held.extend(b.into_messages().map(Event::from));
+                        self.held.pop_front()?
+                    }
+                    ev => ev,
+                }
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
         };
         self.taken.event(&ev);
         Some(ev)
@@ -48,12 +65,26 @@ impl Events {
     /// how many (0 once the node has stopped). Cheaper per event than
     /// [`next`](Self::next) when many arrive.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
-        if self.rx.is_empty() {
-            self.taken.flush();
+        let (start, limit) = (out.len(), limit.max(1));
+        if self.held.is_empty() {
+            if self.rx.is_empty() {
+                self.taken.flush();
+            }
+            let n = self.rx.recv_many(out, limit).await;
+            if out[out.len() - n..].iter().any(|ev| matches!(ev, Event::Messages(_))) {
+                // Batches are handed out as their messages, `limit` at most.
+                for ev in out.drain(start..).collect::<Vec<_>>() {
+                    match ev {
+                        Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
+                        ev => self.held.push_back(ev),
+                    }
+                }
+            }
         }
-        let n = self.rx.recv_many(out, limit.max(1)).await;
-        out[out.len() - n..].iter().for_each(|ev| self.taken.event(ev));
-        n
+        let more = limit - (out.len() - start);
+        out.extend(self.held.drain(..more.min(self.held.len())));
+        out[start..].iter().for_each(|ev| self.taken.event(ev));
+        out.len() - start
     }
 }
 
@@ -62,6 +93,7 @@ impl Drop for Events {
         // Nobody will read what is left: it is discarded, which consumes
         // it (its flow-control credit goes back).
         self.rx.close();
+        self.held.iter().for_each(|ev| self.taken.event(ev));
         while let Ok(ev) = self.rx.try_recv() {
             self.taken.event(&ev);
         }
@@ -76,69 +108,58 @@ impl Drop for Events {
 /// go to [`Events`].
 #[derive(Debug)]
 pub struct Messages {
-    /// The driver hands over each turn's messages as one batch.
-    rx: mpsc::UnboundedReceiver<Vec<Message>>,
-    /// The batch being read.
-    buf: std::vec::IntoIter<Message>,
-    taken: Taken,
+    /// The driver hands over each turn's batches together.
+    rx: mpsc::UnboundedReceiver<Vec<MessageBatch>>,
+    /// The batches received and not yet read.
+    buf: std::vec::IntoIter<MessageBatch>,
+    reader: BatchReader,
 }
 
 impl Messages {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Vec<Message>>, taken: Taken) -> Self {
-        Messages { rx, buf: Vec::new().into_iter(), taken }
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Vec<MessageBatch>>, taken: Taken) -> Self {
+        Messages { rx, buf: Vec::new().into_iter(), reader: BatchReader::new(taken) }
     }
 
-    /// Makes sure `buf` holds messages, waiting if need be; false once the
-    /// node has stopped.
-    async fn fill(&mut self) -> bool {
+    /// The next batch received, waiting if need be; `None` once the node
+    /// has stopped.
+    async fn recv(&mut self) -> Option<MessageBatch> {
         while self.buf.len() == 0 {
-            let batch = match self.rx.try_recv() {
+            let batches = match self.rx.try_recv() {
                 Ok(b) => b,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // About to wait: hand back the credit of what was read.
-                    self.taken.flush();
-                    match self.rx.recv().await {
-                        Some(b) => b,
-                        None => return false,
-                    }
+                    self.reader.flush();
+                    self.rx.recv().await?
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
             };
-            self.buf = batch.into_iter();
+            self.buf = batches.into_iter();
         }
-        true
+        self.buf.next()
     }
 
     /// The next message, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Message> {
-        if !self.fill().await {
-            return None;
+        loop {
+            if let Some(m) = self.reader.message() {
+                return Some(m);
+            }
+            let b = self.recv().await?;
+            self.reader.start(b);
         }
-        let m = self.buf.next()?;
-        self.taken.message(&m);
-        Some(m)
     }
 
-    /// Waits for messages and appends up to `limit` of them to `out`;
-    /// returns how many (0 once the node has stopped).
-    pub async fn next_batch(&mut self, out: &mut Vec<Message>, limit: usize) -> usize {
-        let start = out.len();
-        let limit = limit.max(1);
-        if !self.fill().await {
-            return 0;
-        }
-        while out.len() - start < limit {
-            if self.buf.len() == 0 {
-                match self.rx.try_recv() {
-                    Ok(b) => self.buf = b.into_iter(),
-                    Err(_) => break,
-                }
+    /// The next messages, as many as arrived together from one peer (at
+    /// least one), in one [`MessageBatch`]: the cheapest way to read many
+    /// small messages. `None` once the node has stopped.
+    pub async fn next_batch(&mut self) -> Option<MessageBatch> {
+        match self.reader.rest() {
+            Some(rest) => Some(rest),
+            None => {
+                let b = self.recv().await?;
+                Some(self.reader.take(b))
             }
-            let want = limit - (out.len() - start);
-            out.extend(self.buf.by_ref().take(want));
         }
-        out[start..].iter().for_each(|m| self.taken.message(m));
-        out.len() - start
     }
 }
 
@@ -146,9 +167,9 @@ impl Drop for Messages {
     fn drop(&mut self) {
         // What is left is discarded, which consumes it.
         self.rx.close();
-        self.buf.by_ref().for_each(|m| self.taken.message(&m));
-        while let Ok(batch) = self.rx.try_recv() {
-            batch.iter().for_each(|m| self.taken.message(m));
+        self.reader.discard(self.buf.by_ref());
+        while let Ok(batches) = self.rx.try_recv() {
+            self.reader.discard(batches);
         }
     }
 }
@@ -200,7 +221,7 @@ impl Node {
         });
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = tokio::spawn(driver.run());
-        let events = Events { rx: ev_rx, taken: Taken::new(credit.clone()) };
+        let events = Events { rx: ev_rx, held: VecDeque::new(), taken: Taken::new(credit.clone()) };
         let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
         Ok((Node { inner: Arc::new(inner) }, events))
     }

@@ -859,6 +859,22 @@ impl Sim {
         }
     }
 
+    /// Host `h`'s application takes messages that arrived on `from`.
+    fn deliver(&mut self, h: usize, from: (ConnectionId, ProtocolId), payloads: &[&[u8]]) {
+        let (connection, protocol) = from;
+        for payload in payloads {
+            self.ledger.delivered(h as u64, payload, self.now.as_nanos());
+            self.trace.bytes(payload);
+        }
+        let host = &mut self.hosts[h];
+        if host.stalled.contains(&protocol.0) {
+            host.unconsumed.extend(payloads.iter().map(|p| (connection, protocol, p.len())));
+        } else if let Some(node) = host.node.as_mut() {
+            let bytes = payloads.iter().map(|p| p.len() as u64).sum();
+            node.consume(connection, protocol, payloads.len() as u64, bytes);
+        }
+    }
+
     fn on_event(&mut self, h: usize, e: &Event) {
         let kind = match e {
             Event::PeerConnected { peer, connection, direction, path, .. } => {
@@ -874,14 +890,12 @@ impl Sim {
                 1
             }
             Event::Message { connection, protocol, payload, .. } => {
-                self.ledger.delivered(h as u64, payload, self.now.as_nanos());
-                self.trace.bytes(payload);
-                let host = &mut self.hosts[h];
-                if host.stalled.contains(&protocol.0) {
-                    host.unconsumed.push((*connection, *protocol, payload.len()));
-                } else if let Some(node) = host.node.as_mut() {
-                    node.consume(*connection, *protocol, 1, payload.len() as u64);
-                }
+                self.deliver(h, (*connection, *protocol), &[payload]);
+                2
+            }
+            Event::Messages(b) => {
+                let payloads: Vec<&[u8]> = b.iter().map(|(_, p)| p).collect();
+                self.deliver(h, (b.connection, b.protocol), &payloads);
                 2
             }
             Event::PeerDisconnected { peer, unsent, .. } => {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use devp2p_core::{
-    Bytes, Config, Event, Keypair, Message, NodeId, PeerAddr, PeerMetrics, Protocol, ProtocolId,
+    Bytes, Config, Event, Keypair, Message, MessageBatch, NodeId, PeerAddr, PeerMetrics, Protocol, ProtocolId,
 };
 
 /// The protocols every test node registers.
@@ -48,6 +48,14 @@ impl AnyEvents {
             AnyEvents::Smol(e) => e.next().await,
         }
     }
+
+    /// Up to `limit` events appended to `out`; how many.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
+        match self {
+            AnyEvents::Tokio(e) => e.next_batch(out, limit).await,
+            AnyEvents::Smol(e) => e.next_batch(out, limit).await,
+        }
+    }
 }
 
 /// The message stream of one protocol on either runtime.
@@ -65,6 +73,14 @@ impl AnyMessages {
         match self {
             AnyMessages::Tokio(m) => m.next().await,
             AnyMessages::Smol(m) => m.next().await,
+        }
+    }
+
+    /// The next messages that arrived together.
+    pub async fn next_batch(&mut self) -> Option<MessageBatch> {
+        match self {
+            AnyMessages::Tokio(m) => m.next_batch().await,
+            AnyMessages::Smol(m) => m.next_batch().await,
         }
     }
 }

@@ -468,13 +468,33 @@ async fn batches_and_streams(ra: Runtime, rb: Runtime) {
             (0..1000u32).map(|i| (i % 4, Bytes::from((batch * 1000 + i).to_le_bytes().to_vec()))).collect();
         a.send_batch(pb, ProtocolId(0), msgs).await.expect("batch");
     }
-    for i in 0..20_000u32 {
-        let m = tokio::time::timeout(Duration::from_secs(30), chat.next())
-            .await
-            .expect("timely")
-            .expect("stream");
-        assert_eq!((m.msg_type, &m.payload[..]), (i % 4, &i.to_le_bytes()[..]), "message {i}");
+    // Read one at a time and as batches, alternately: a batch after single
+    // reads holds the rest of the messages that arrived together.
+    let (mut i, mut largest) = (0u32, 0);
+    while i < 20_000 {
+        let expect = |i: u32| (i % 4, i.to_le_bytes());
+        if i % 3 == 0 {
+            let m = tokio::time::timeout(Duration::from_secs(30), chat.next())
+                .await
+                .expect("timely")
+                .expect("stream");
+            assert_eq!((m.msg_type, &m.payload[..]), (expect(i).0, &expect(i).1[..]), "message {i}");
+            i += 1;
+        } else {
+            let b = tokio::time::timeout(Duration::from_secs(30), chat.next_batch())
+                .await
+                .expect("timely")
+                .expect("stream");
+            assert!(!b.is_empty() && b.protocol == ProtocolId(0));
+            largest = largest.max(b.len());
+            for (t, payload) in &b {
+                assert_eq!((t, payload), (expect(i).0, &expect(i).1[..]), "message {i}");
+                i += 1;
+            }
+        }
     }
+    assert_eq!(i, 20_000, "no message more");
+    assert!(largest > 100, "small messages arrive in batches (largest {largest})");
     // A refused message and those after it come back, in order.
     let msgs = vec![
         (0, Bytes::from_static(b"ok")),
@@ -494,6 +514,25 @@ async fn batches_and_streams(ra: Runtime, rb: Runtime) {
     let Event::Message { payload, .. } = ev else { unreachable!("matched") };
     // The first may have been on its way to the dropped stream; the second is not.
     assert!(&payload[..] == b"to events" || &payload[..] == b"to events too", "{payload:?}");
+    // Events hands out a batch as its messages, in order, `limit` at a time.
+    let msgs = (0..300u32).map(|i| (3, Bytes::from(format!("e{i}")))).collect();
+    a.send_batch(pb, ProtocolId(0), msgs).await.expect("batch");
+    let (mut got, mut out) = (Vec::new(), Vec::new());
+    while got.len() < 300 {
+        out.clear();
+        let n =
+            tokio::time::timeout(Duration::from_secs(30), eb.next_batch(&mut out, 7)).await.expect("timely");
+        assert!((1..=7).contains(&n) && n == out.len(), "{n} events for a limit of 7");
+        for e in out.drain(..) {
+            match e {
+                Event::Message { msg_type: 3, payload, .. } => got.push(payload),
+                Event::Messages(_) => panic!("a batch reached Events"),
+                _ => {}
+            }
+        }
+    }
+    let expect: Vec<Bytes> = (0..300u32).map(|i| Bytes::from(format!("e{i}"))).collect();
+    assert_eq!(got, expect);
     a.shutdown().await;
     b.shutdown().await;
 }

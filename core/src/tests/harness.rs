@@ -51,6 +51,9 @@ pub(crate) struct Pair {
     pub(crate) links: Vec<Link>,
     in_flight: VecDeque<Packet>,
     pub(crate) events_a: Vec<Event>,
+    /// How many [`Event::Messages`] either side has polled (recorded as
+    /// their messages).
+    pub(crate) batches: usize,
     pub(crate) events_b: Vec<Event>,
     /// When each event was polled.
     pub(crate) times_a: Vec<Instant>,
@@ -102,6 +105,7 @@ impl Pair {
             links: Vec::new(),
             in_flight: VecDeque::new(),
             events_a: Vec::new(),
+            batches: 0,
             events_b: Vec::new(),
             times_a: Vec::new(),
             times_b: Vec::new(),
@@ -223,14 +227,22 @@ impl Pair {
             }
             while let Some(e) = self.node(s).poll_event() {
                 progress = true;
-                match s {
-                    Side::A => {
-                        self.events_a.push(e);
-                        self.times_a.push(now);
+                // A batch is recorded as its messages (`batches` counts it).
+                let (events, times) = match s {
+                    Side::A => (&mut self.events_a, &mut self.times_a),
+                    Side::B => (&mut self.events_b, &mut self.times_b),
+                };
+                match e {
+                    Event::Messages(batch) => {
+                        self.batches += 1;
+                        for m in batch.into_messages() {
+                            events.push(m.into());
+                            times.push(now);
+                        }
                     }
-                    Side::B => {
-                        self.events_b.push(e);
-                        self.times_b.push(now);
+                    e => {
+                        events.push(e);
+                        times.push(now);
                     }
                 }
             }
