@@ -79,6 +79,30 @@ impl Scheduler {
         c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq });
     }
 
+    /// Queues `msgs` (type, payload) on channel index `idx`, in order, as
+    /// [`push`](Self::push) would one by one.
+    pub(crate) fn push_many(
+        &mut self,
+        idx: usize,
+        channel: u32,
+        protocol: ProtocolId,
+        msgs: impl ExactSizeIterator<Item = (u32, Bytes)>,
+    ) {
+        if msgs.len() == 0 {
+            return;
+        }
+        let c = &mut self.channels[idx];
+        if c.queue.is_empty() {
+            self.active.push_back(idx);
+        }
+        let seq = &mut self.next_seq;
+        c.queue.extend(msgs.map(|(msg_type, payload)| {
+            c.bytes += payload.len();
+            *seq += 1;
+            Outgoing { channel, protocol, msg_type, payload, offset: 0, seq: *seq - 1 }
+        }));
+    }
+
     /// Messages with at most this many bytes left take the priority lane.
     pub(crate) fn small(&self) -> usize {
         self.small

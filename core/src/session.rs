@@ -216,6 +216,14 @@ impl Session {
         msgs: &mut VecDeque<(u32, Bytes)>,
         node: &mut NodeQueue<'_>,
     ) -> Result<(), crate::SendError> {
+        if self.admit_all(protocol, msgs, node) {
+            let channel = self.channel_of[protocol.0 as usize];
+            let total: usize = msgs.iter().map(|(_, p)| p.len()).sum();
+            self.queued_bytes += total;
+            *node.queued += total;
+            self.scheduler.push_many(channel as usize - 1, channel, protocol, msgs.drain(..));
+            return Ok(());
+        }
         while let Some((msg_type, payload)) = msgs.pop_front() {
             if let Err((e, payload)) = self.queue_one(protocol, msg_type, payload, node) {
                 msgs.push_front((msg_type, payload));
@@ -223,6 +231,30 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// True if every message of `msgs` may be queued on `protocol` (checked
+    /// together: every type defined and size allowed, and all of them
+    /// within the queue limits). False means: check them one by one, as
+    /// some may be refused. Each limit check of [`admit`](Self::admit)
+    /// holds for every message if it holds for the queue with all of them.
+    fn admit_all(&self, protocol: ProtocolId, msgs: &VecDeque<(u32, Bytes)>, node: &NodeQueue<'_>) -> bool {
+        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
+        let Some(ch) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get(i)) else {
+            return false;
+        };
+        let (mut total, mut longest, mut top_type) = (0usize, 0usize, 0u32);
+        for (msg_type, payload) in msgs {
+            total += payload.len();
+            longest = longest.max(payload.len());
+            top_type = top_type.max(*msg_type);
+        }
+        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
+        top_type < ch.shared.message_count
+            && longest as u64 <= self.peer_max_message
+            && self.queued_bytes + total <= node.max_per_peer
+            && *node.queued + total <= node.max
+            && protocol_queued + total <= self.max_queued_per_protocol
     }
 
     /// Queues one message on `protocol`, or hands it back with the reason
@@ -1411,6 +1443,52 @@ mod tests {
         ] {
             let (mut s, mut c) = receiver_granted(&config, Some(100));
             assert_eq!(feed(&mut s, &mut c, &update, &config), Err(want), "{update:02x?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A batch is admitted exactly as its messages one by one: the
+        /// same queued, the same refused (and the rest handed back), the
+        /// same written, whichever path `queue_batch` takes.
+        #[test]
+        fn a_batch_is_admitted_as_its_messages_one_by_one(
+            first in proptest::collection::vec((0u32..5, 0usize..300), 0..4),
+            batch in proptest::collection::vec((0u32..5, 0usize..300), 0..12),
+            protocol in 0u16..3,
+            per_protocol in 0usize..2000,
+            per_peer in 0usize..3000,
+            total in 0usize..3000,
+            held_elsewhere in 0usize..1000,
+        ) {
+            let config = Config { max_queued_per_protocol: per_protocol, ..Config::default() };
+            let run = |one_by_one: bool| {
+                let (mut s, _) = receiver_granted(&config, None);
+                let mut queued = held_elsewhere;
+                let mut node = NodeQueue { queued: &mut queued, max: total, max_per_peer: per_peer };
+                let mk = |v: &[(u32, usize)]| -> VecDeque<(u32, Bytes)> {
+                    v.iter().map(|&(t, n)| (t, Bytes::from(vec![t as u8; n]))).collect()
+                };
+                // Something queued before, so the limits are reached midway.
+                let _ = s.queue_batch(ProtocolId(0), &mut mk(&first), &mut node);
+                let mut msgs = mk(&batch);
+                let result = if one_by_one {
+                    let mut r = Ok(());
+                    while let Some((t, p)) = msgs.pop_front() {
+                        if let Err((e, p)) = s.queue_one(ProtocolId(protocol), t, p, &mut node) {
+                            msgs.push_front((t, p));
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                    r
+                } else {
+                    s.queue_batch(ProtocolId(protocol), &mut msgs, &mut node)
+                };
+                let mut out = Vec::new();
+                let _ = s.write_records(&mut out, usize::MAX, &config, Instant::ZERO);
+                (result, msgs, s.queued_bytes, queued, out)
+            };
+            proptest::prop_assert_eq!(run(false), run(true));
         }
     }
 
