@@ -112,6 +112,24 @@ pub(crate) fn decode<'a>(r: &mut Reader<'a>) -> Result<Option<Chunk<'a>>, ChunkE
     Ok(Some(chunk))
 }
 
+/// The header of a whole message's chunk in its usual small form (channel
+/// and type below 64, length below 2^14), read without the general
+/// decoder: channel, type, length and header length; `None` for any other
+/// chunk, which [`decode`] reads.
+#[inline(always)]
+pub(crate) fn small_whole_header(b: &[u8]) -> Option<(u64, u64, usize, usize)> {
+    let &[tag, channel, msg_type, l0, ..] = b else { return None };
+    if tag != TAG_DATA | FLAG_FIRST | FLAG_LAST || (channel | msg_type) >= 64 {
+        return None;
+    }
+    let (len, header) = match l0 >> 6 {
+        0 => (usize::from(l0), 4),
+        1 => (usize::from(l0 & 0x3f) << 8 | usize::from(*b.get(4)?), 5),
+        _ => return None,
+    };
+    Some((u64::from(channel), u64::from(msg_type), len, header))
+}
+
 /// Length of a data chunk header (everything before the data). A whole
 /// message's chunk (`start` and `last`) carries no `len`.
 #[inline]
@@ -231,6 +249,45 @@ mod tests {
             push_whole_header(&mut whole, channel, msg_type, len);
             prop_assert_eq!(&whole, &general);
             prop_assert_eq!(whole_header_len(channel, msg_type, len), general.len());
+        }
+
+        /// The small whole header read agrees with `decode` wherever it
+        /// reads one, and reads every whole message's header in the usual
+        /// small form.
+        #[test]
+        fn small_whole_header_agrees_with_decode(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..80),
+                (0u64..70, 0u64..70, proptest::collection::vec(any::<u8>(), 0..100), any::<bool>()).prop_map(
+                    |(channel, msg_type, data, cut)| {
+                        let st = Some(MessageStart { msg_type, total_len: data.len() as u64 });
+                        let mut rec = encode(channel, st, true, &data);
+                        if cut { rec.pop(); }
+                        rec
+                    }
+                ),
+            ]
+        ) {
+            let general = decode(&mut Reader::new(&bytes));
+            match small_whole_header(&bytes) {
+                Some((channel, msg_type, total, header)) => {
+                    if header + total <= bytes.len() {
+                        let data = &bytes[header..header + total];
+                        let st = Some(MessageStart { msg_type, total_len: total as u64 });
+                        prop_assert_eq!(general, Ok(Some(Chunk::Data { channel, start: st, last: true, data })));
+                    } else {
+                        prop_assert!(general.is_err(), "{:?}", general);
+                    }
+                }
+                None => {
+                    // Left to `decode`: a whole message's chunk only if one of
+                    // its first three varints is not one byte (a length of
+                    // 2^14 or more, or a value written long).
+                    if let Ok(Some(Chunk::Data { start: Some(_), last: true, .. })) = general {
+                        prop_assert!(bytes[1] >= 64 || bytes[2] >= 64 || bytes[3] >= 128, "{:?}", bytes);
+                    }
+                }
+            }
         }
     }
 

@@ -198,15 +198,24 @@ impl Scheduler {
         }
     }
 
-    /// Removes the head of channel index `idx`, a message written whole
-    /// (as [`advance`](Self::advance) by its length would).
-    pub(crate) fn pop_whole(&mut self, idx: usize) {
+    /// Removes the first `count` messages of channel index `idx`, written
+    /// whole, with `bytes` payload bytes in all (as [`advance`](Self::advance)
+    /// by each one's length would). They have not been started: the head
+    /// had `offset` 0.
+    pub(crate) fn pop_whole(&mut self, idx: usize, count: usize, bytes: usize) {
+        if count == 0 {
+            return;
+        }
         let c = &mut self.channels[idx];
-        let Some(m) = c.queue.pop_front() else { return };
-        let len = m.payload.len();
-        c.bytes -= len;
-        c.deficit = c.deficit.saturating_sub(len);
+        c.queue.drain(..count.min(c.queue.len()));
+        c.bytes -= bytes;
+        c.deficit = c.deficit.saturating_sub(bytes);
         self.end_turn_if_done(idx);
+    }
+
+    /// The messages queued on channel index `idx`, in order.
+    pub(crate) fn queue(&self, idx: usize) -> &VecDeque<Outgoing> {
+        &self.channels[idx].queue
     }
 
     /// Messages and payload bytes still queued on channel index `idx`.

@@ -495,13 +495,15 @@ impl Session {
                     continue;
                 }
                 let small = self.scheduler.small();
-                while let Some(m) = self.scheduler.head_mut(idx).filter(|m| m.offset == 0) {
+                let credit = &mut channels[idx].credit;
+                let (mut count, mut bytes) = (0usize, 0usize);
+                for m in self.scheduler.queue(idx) {
                     let len = m.payload.len();
-                    if (urgent && len > small) || len >= SEALED_MIN {
+                    if m.offset != 0 || (urgent && len > small) || len >= SEALED_MIN {
                         break;
                     }
                     let cost = flow::cost(len);
-                    if !channels[idx].credit.may_start(cost, share) {
+                    if !credit.may_start(cost, share) {
                         break;
                     }
                     let (channel, msg_type) = (u64::from(m.channel), u64::from(m.msg_type));
@@ -509,15 +511,17 @@ impl Session {
                         break;
                     }
                     urgent |= len <= small;
-                    channels[idx].credit.charge(cost);
+                    credit.charge(cost);
                     chunk::push_whole_header(buf, channel, msg_type, len as u64);
                     buf.extend_from_slice(&m.payload);
-                    dequeued += len;
-                    let st = &mut channels[idx].stats;
-                    st.bytes_out += len as u64;
-                    st.messages_out += 1;
-                    self.scheduler.pop_whole(idx);
+                    count += 1;
+                    bytes += len;
                 }
+                dequeued += bytes;
+                let st = &mut channels[idx].stats;
+                st.bytes_out += bytes as u64;
+                st.messages_out += count as u64;
+                self.scheduler.pop_whole(idx, count, bytes);
             }
             if buf.len() == start && self.cover_pending {
                 // Cover traffic: a record of padding only.
@@ -624,6 +628,17 @@ impl Session {
         let mut pos = 0;
         while pos < len {
             text.decrypt_to((pos + chunk::MAX_HEADER).min(len));
+            // The usual small whole message, read without the general decoder.
+            if let Some((channel, msg_type, total, header)) = chunk::small_whole_header(&text.ct[pos..]) {
+                let from = pos + header;
+                let end = from + total;
+                if channel != 0 && end <= len {
+                    text.decrypt_to(end);
+                    self.read_whole(channel, msg_type, &text.ct[from..end], len - from, config, out)?;
+                    pos = end;
+                    continue;
+                }
+            }
             let mut r = Reader::new(&text.ct[pos..]);
             let c = chunk::decode(&mut r).map_err(|_| DisconnectReason::ProtocolViolation)?;
             let end = len - r.remaining().len();
@@ -716,6 +731,37 @@ impl Session {
         self.control.push_back(Control::Ping(self.ping_counter));
     }
 
+    /// A message that arrived whole, in one chunk on `channel` (not 0):
+    /// `data` is its payload (`total_len` bytes, see `chunk::decode`), and
+    /// `rest` the bytes of the record from it on.
+    #[inline(always)]
+    fn read_whole(
+        &mut self,
+        channel: u64,
+        msg_type: u64,
+        data: &[u8],
+        rest: usize,
+        config: &Config,
+        out: &mut Delivery<'_>,
+    ) -> Result<(), DisconnectReason> {
+        let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
+        let ch = self.channels.get_mut(idx).ok_or(DisconnectReason::UnknownMessageType)?;
+        if ch.partial.is_some() {
+            return Err(DisconnectReason::ProtocolViolation);
+        }
+        if msg_type >= u64::from(ch.shared.message_count) {
+            return Err(DisconnectReason::UnknownMessageType);
+        }
+        if data.len() as u64 > config.max_message_size {
+            return Err(DisconnectReason::MessageTooLarge);
+        }
+        ch.window.admit(flow::cost(data.len())).map_err(|_| DisconnectReason::FlowControlViolation)?;
+        ch.stats.messages_in += 1;
+        ch.stats.bytes_in += data.len() as u64;
+        out.whole(ch.shared.id, msg_type as u32, data, rest);
+        Ok(())
+    }
+
     fn read_data(
         &mut self,
         channel: u64,
@@ -725,6 +771,9 @@ impl Session {
         config: &Config,
         out: &mut Delivery<'_>,
     ) -> Result<(), DisconnectReason> {
+        if let (Some(st), true) = (start, last) {
+            return self.read_whole(channel, st.msg_type, data.plain, data.rest, config, out);
+        }
         let idx = usize::try_from(channel - 1).map_err(|_| DisconnectReason::UnknownMessageType)?;
         let ch = self.channels.get_mut(idx).ok_or(DisconnectReason::UnknownMessageType)?;
         let shared = ch.shared;
@@ -745,14 +794,6 @@ impl Session {
                     .admit(flow::cost(total))
                     .map_err(|_| DisconnectReason::FlowControlViolation)?;
                 let msg_type = st.msg_type as u32;
-                if last {
-                    // Whole: its data is `total_len` bytes (see `chunk::decode`).
-                    let st = &mut self.channels[idx].stats;
-                    st.messages_in += 1;
-                    st.bytes_in += total as u64;
-                    out.whole(shared.id, msg_type, data.plain, data.rest);
-                    return Ok(());
-                }
                 if self.reassembly_bytes + total > config.max_reassembly_per_peer {
                     return Err(DisconnectReason::ResourceLimit);
                 }
