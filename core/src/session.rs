@@ -1015,7 +1015,24 @@ impl<'a> Delivery<'a> {
     /// need) up to 16 KiB, so a session keeps at most 16 KiB of spare room.
     /// A payload kept alive keeps its allocation alive. Larger messages,
     /// and a small one that ends its record, are copied alone.
+    #[inline(always)]
     fn whole(&mut self, protocol: ProtocolId, msg_type: u32, data: &[u8], rest: usize) {
+        // The usual case first: the next message of the open run.
+        if let Some((p, index)) = &mut self.run {
+            let room = self.arena.capacity() - self.arena.len() >= data.len();
+            if *p == protocol && room && !data.is_empty() && data.len() <= SHARED_MAX {
+                self.arena.extend_from_slice(data);
+                index.push((msg_type, self.arena.len() as u32));
+                return;
+            }
+        }
+        self.whole_otherwise(protocol, msg_type, data, rest);
+    }
+
+    /// [`whole`](Self::whole) for a message that does not simply join the
+    /// open run.
+    #[inline(never)]
+    fn whole_otherwise(&mut self, protocol: ProtocolId, msg_type: u32, data: &[u8], rest: usize) {
         let room = self.arena.capacity() - self.arena.len() >= data.len();
         // Empty (pins nothing); large; or alone at the end of its record
         // (one message per record, as a request or a reply): copied alone.
