@@ -19,7 +19,9 @@
 //!   the contract for driving it, with the canonical run loop.
 //! * [`Config`]: sub-protocols and every limit, with safe defaults.
 //! * [`Keypair`], [`NodeId`]: identity.
-//! * [`Event`]: what the application learns.
+//! * [`Event`]: what the application learns. Messages come as
+//!   [`Event::Message`], or several small ones of a peer that arrived
+//!   together as one [`Event::Messages`] ([`MessageBatch`]): read both.
 //!
 //! ## Module map
 //!
@@ -36,6 +38,7 @@
 //! | `connection` | framing and phases of one transport |
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
+//! | `batch` | messages delivered together in one buffer |
 //! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
 //! | `addr` | `NODEID@host:port` addresses |
 //!

@@ -435,7 +435,8 @@ impl Node {
 
     /// Tells the node that the application has consumed `messages` messages
     /// that arrived on `connection` for `protocol` (see
-    /// [`Event::Message`]), with `payload_bytes` payload bytes in all, so
+    /// [`Event::Message`], [`Event::Messages`] and [`Event::delivered`]),
+    /// with `payload_bytes` payload bytes in all, so
     /// their flow-control credit goes back to the peer. Only needed with
     /// [`Config::manual_consume`]. Calls for a connection that is gone (the
     /// credit of a closed connection is void, a new one starts afresh), or
@@ -870,7 +871,8 @@ impl Node {
         self.closed.pop_front()
     }
 
-    /// The next application event.
+    /// The next application event. Messages come as [`Event::Message`] or,
+    /// several small ones that arrived together, [`Event::Messages`].
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;

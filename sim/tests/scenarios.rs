@@ -115,6 +115,40 @@ fn messages_during_a_short_partition_arrive_after_the_heal() {
 }
 
 #[test]
+fn a_burst_of_small_messages_arrives_in_batches_and_all_are_accounted() {
+    // A slow link: while a record is on its way, the next messages gather.
+    let mut cfg = SimConfig::with_seed(6);
+    cfg.link = LinkConfig { bandwidth: Some(125_000), ..LinkConfig::default() };
+    let mut sim = Sim::new(cfg);
+    let (a, b) = (sim.add_host(), sim.add_host());
+    sim.connect(a, b, true);
+    sim.run_for(Duration::from_secs(1));
+    // B's application holds protocol 0 (its credit does not go back), then
+    // lets go: the batches' messages are counted one by one either way.
+    sim.stall_consumer(b, 0);
+    for i in 0..600 {
+        // The ledger's header takes 40 of each message's bytes.
+        assert!(sim.send(a, b, (i % 3 == 0) as u16, 1, 40 + i % 24));
+    }
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.ledger().delivered, 600, "{}", sim.ledger());
+    assert_eq!(sim.unconsumed(b), 400, "the stalled protocol's messages, each counted");
+    let batches: Vec<usize> = sim
+        .events(b)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Messages(batch) => Some(batch.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(!batches.is_empty() && batches.iter().all(|&n| n >= 2), "{batches:?}");
+    sim.resume_consumer(b, 0);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.unconsumed(b), 0);
+    sim.check_invariants().unwrap();
+}
+
+#[test]
 fn a_long_partition_times_out_and_accounts_for_every_message() {
     let mut sim = Sim::new(SimConfig::with_seed(5));
     let (a, b) = (sim.add_host(), sim.add_host());
