@@ -142,8 +142,8 @@ impl Pair {
                 moved = true;
             }
             while let Some(e) = self.b.poll_event() {
-                if matches!(e, Event::Message { .. }) {
-                    received += 1;
+                if let Some(d) = e.delivered() {
+                    received += d.messages;
                 }
             }
             while let Some(c) = self.b.poll_transmit(self.now, &mut self.buf) {

@@ -20,7 +20,7 @@ use crate::protocol::ProtocolId;
 /// counting) or take owned payloads with [`payload`](Self::payload) or
 /// [`into_messages`](Self::into_messages). A payload kept alive keeps the
 /// whole buffer alive (at most 16 KiB for batches the core builds).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MessageBatch {
     /// Sender.
     pub peer: NodeId,
@@ -33,6 +33,17 @@ pub struct MessageBatch {
     /// Each message's type and where its payload ends in `data`.
     index: Index,
 }
+
+/// Equal if they come from the same peer, connection and protocol and hold
+/// the same messages (types and payloads) in the same order.
+impl PartialEq for MessageBatch {
+    fn eq(&self, other: &Self) -> bool {
+        (self.peer, self.connection, self.protocol) == (other.peer, other.connection, other.protocol)
+            && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for MessageBatch {}
 
 /// The message types and payload ends of a batch; one message needs no
 /// allocation.
@@ -128,6 +139,15 @@ impl MessageBatch {
         };
         let (peer, connection, protocol) = from;
         MessageBatch { peer, connection, protocol, data, index }
+    }
+
+    /// How many index entries the batch has room for (memory tests).
+    #[cfg(test)]
+    pub(crate) fn index_capacity(&self) -> usize {
+        match &self.index {
+            Index::One(_) => 1,
+            Index::Many(v) => v.capacity(),
+        }
     }
 
     /// The messages in order, as (type, payload) with borrowed payloads.

@@ -143,16 +143,38 @@ impl From<Message> for Event {
     }
 }
 
+/// The messages an event delivers (see [`Event::delivered`]): what
+/// [`Node::consume`](crate::Node::consume) takes once the application is
+/// done with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The connection they arrived on.
+    pub connection: ConnectionId,
+    /// Their protocol.
+    pub protocol: ProtocolId,
+    /// How many messages.
+    pub messages: u64,
+    /// Their payload bytes in all.
+    pub bytes: u64,
+}
+
 impl Event {
-    /// The messages this event delivers, if it delivers any: the
-    /// connection and protocol they came on, how many, and their payload
-    /// bytes in all (what [`Node::consume`](crate::Node::consume) takes).
-    pub fn delivered(&self) -> Option<(ConnectionId, ProtocolId, u64, u64)> {
+    /// The messages this event delivers, if it delivers any
+    /// ([`Event::Message`] and [`Event::Messages`] do).
+    pub fn delivered(&self) -> Option<Delivered> {
         match self {
-            Event::Message { connection, protocol, payload, .. } => {
-                Some((*connection, *protocol, 1, payload.len() as u64))
-            }
-            Event::Messages(b) => Some((b.connection, b.protocol, b.len() as u64, b.payload_bytes() as u64)),
+            Event::Message { connection, protocol, payload, .. } => Some(Delivered {
+                connection: *connection,
+                protocol: *protocol,
+                messages: 1,
+                bytes: payload.len() as u64,
+            }),
+            Event::Messages(b) => Some(Delivered {
+                connection: b.connection,
+                protocol: b.protocol,
+                messages: b.len() as u64,
+                bytes: b.payload_bytes() as u64,
+            }),
             _ => None,
         }
     }

@@ -89,7 +89,7 @@ pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;
 pub use crypto::{CipherState, CryptoError};
 pub use error::{BatchError, ConnectError, SendError};
-pub use event::{Direction, Event, HandshakePath, Message, UnsentMessage};
+pub use event::{Delivered, Direction, Event, HandshakePath, Message, UnsentMessage};
 pub use flow::MESSAGE_OVERHEAD;
 pub use handshake::HandshakeError;
 pub use identity::{Keypair, NodeId};

@@ -877,8 +877,8 @@ impl Node {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if !self.config.manual_consume {
-            if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
-                self.consume(connection, protocol, messages, bytes);
+            if let Some(d) = ev.delivered() {
+                self.consume(d.connection, d.protocol, d.messages, d.bytes);
             }
         }
         Some(ev)

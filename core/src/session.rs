@@ -119,7 +119,7 @@ pub(crate) struct Session {
     /// their messages at sealing time (offset in the record, piece).
     unsealed: Vec<(usize, Bytes)>,
     /// Where the payloads of small whole messages are copied to (see
-    /// [`Delivery::whole_payload`]): one allocation serves many records.
+    /// [`Delivery::whole`]): one allocation serves many records.
     run_arena: BytesMut,
     /// Buffers of reassembled messages and their sizes: once the
     /// application drops a message, its allocation is reused for another.
@@ -936,7 +936,7 @@ const ARENA_MAX: usize = 16 << 10;
 const LONE_TAIL: usize = 128;
 
 /// Messages up to this size that arrive whole in one record share one
-/// allocation with their neighbours (see [`Delivery::whole_payload`]).
+/// allocation with their neighbours (see [`Delivery::whole`]).
 const SHARED_MAX: usize = 4096;
 
 /// A record being opened: its body (ciphertext and plaintext) and the
@@ -998,9 +998,30 @@ struct Delivery<'a> {
     events: &'a mut VecDeque<Event>,
     /// The peer and connection the record came from.
     from: (NodeId, ConnectionId),
-    /// The open run: its protocol, and each message's type and payload end
-    /// in `arena`.
-    run: Option<(ProtocolId, Vec<(u32, u32)>)>,
+    /// The open run of small messages, if one is open.
+    run: Option<Run>,
+}
+
+/// Consecutive small whole messages of one protocol in one record, their
+/// payloads in the arena.
+struct Run {
+    protocol: ProtocolId,
+    /// The first message's type and payload end.
+    first: (u32, u32),
+    /// Every message's type and payload end once a second one joins (so a
+    /// run of one allocates nothing). Grown by doubling from 8: it holds
+    /// at most twice as many entries as messages, 8 bytes each.
+    index: Vec<(u32, u32)>,
+}
+
+impl Run {
+    fn push(&mut self, entry: (u32, u32)) {
+        if self.index.is_empty() {
+            self.index.reserve(8);
+            self.index.push(self.first);
+        }
+        self.index.push(entry);
+    }
 }
 
 impl<'a> Delivery<'a> {
@@ -1018,11 +1039,11 @@ impl<'a> Delivery<'a> {
     #[inline(always)]
     fn whole(&mut self, protocol: ProtocolId, msg_type: u32, data: &[u8], rest: usize) {
         // The usual case first: the next message of the open run.
-        if let Some((p, index)) = &mut self.run {
+        if let Some(run) = &mut self.run {
             let room = self.arena.capacity() - self.arena.len() >= data.len();
-            if *p == protocol && room && !data.is_empty() && data.len() <= SHARED_MAX {
+            if run.protocol == protocol && room && !data.is_empty() && data.len() <= SHARED_MAX {
                 self.arena.extend_from_slice(data);
-                index.push((msg_type, self.arena.len() as u32));
+                run.push((msg_type, self.arena.len() as u32));
                 return;
             }
         }
@@ -1041,7 +1062,7 @@ impl<'a> Delivery<'a> {
             self.push(self.message(protocol, msg_type, payload));
             return;
         }
-        if self.run.as_ref().is_some_and(|(p, _)| *p != protocol) || !room {
+        if self.run.as_ref().is_some_and(|r| r.protocol != protocol) || !room {
             self.close();
         }
         if !room {
@@ -1054,13 +1075,11 @@ impl<'a> Delivery<'a> {
             }
         }
         self.arena.extend_from_slice(data);
-        let end = self.arena.len() as u32;
-        let (_, index) = self.run.get_or_insert_with(|| {
-            // Room for as many more messages of this size as the rest of the record could hold.
-            let guess = (rest / (data.len() + 4)).clamp(1, 1024);
-            (protocol, Vec::with_capacity(guess))
-        });
-        index.push((msg_type, end));
+        let entry = (msg_type, self.arena.len() as u32);
+        match &mut self.run {
+            Some(run) => run.push(entry),
+            None => self.run = Some(Run { protocol, first: entry, index: Vec::new() }),
+        }
     }
 
     fn message(&self, protocol: ProtocolId, msg_type: u32, payload: Bytes) -> Event {
@@ -1077,14 +1096,13 @@ impl<'a> Delivery<'a> {
     /// Hands out the open run: one message as [`Event::Message`], more as
     /// [`Event::Messages`].
     fn close(&mut self) {
-        let Some((protocol, index)) = self.run.take() else { return };
+        let Some(Run { protocol, first: (msg_type, _), index }) = self.run.take() else { return };
         let data = self.arena.split().freeze();
-        let ev = match index[..] {
-            [(msg_type, _)] => self.message(protocol, msg_type, data),
-            _ => {
-                let (peer, connection) = self.from;
-                Event::Messages(MessageBatch::from_parts((peer, connection, protocol), data, index))
-            }
+        let ev = if index.is_empty() {
+            self.message(protocol, msg_type, data)
+        } else {
+            let (peer, connection) = self.from;
+            Event::Messages(MessageBatch::from_parts((peer, connection, protocol), data, index))
         };
         self.events.push_back(ev);
     }
@@ -1282,7 +1300,13 @@ mod tests {
             (1, &b"c1!"[..], ProtocolId(0))
         );
         assert_eq!(owned[0], b.message(0).unwrap());
-        assert_eq!(events[5].delivered(), Some((ConnectionId(0), ProtocolId(0), 2, 5)));
+        let d = crate::event::Delivered {
+            connection: ConnectionId(0),
+            protocol: ProtocolId(0),
+            messages: 2,
+            bytes: 5,
+        };
+        assert_eq!(events[5].delivered(), Some(d));
         // Split: the front keeps the first, the rest re-based on its buffer.
         let mut front = b.clone();
         let rest = front.split_off(1);
@@ -1299,6 +1323,58 @@ mod tests {
         assert!(kept.split_off(1).is_empty() && kept == one);
         assert_eq!(all.split_off(0), one);
         assert!(all.is_empty() && all.payload_bytes() == 0);
+    }
+
+    #[test]
+    fn a_batch_index_holds_at_most_twice_its_messages() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        // Runs of two 1-byte messages, the protocols alternating: a batch
+        // each, whose index must not be sized by the rest of the record.
+        let mut r = Vec::new();
+        for i in 0..1000 {
+            chunk(&mut r, 1 + (i / 2) % 2, Some((0, 1)), true, b"x");
+        }
+        let events = feed(&mut s, &mut c, &r, &config).unwrap();
+        assert_eq!(events.len(), 500);
+        for e in &events[..499] {
+            let Event::Messages(b) = e else { panic!("{e:?}") };
+            assert_eq!(b.len(), 2);
+            assert!(b.index_capacity() <= 8, "{} entries for 2 messages", b.index_capacity());
+        }
+        // A long run grows its index by doubling.
+        r.clear();
+        for _ in 0..300 {
+            chunk(&mut r, 1, Some((1, 8)), true, &[3u8; 8]);
+        }
+        let events = feed(&mut s, &mut c, &r, &config).unwrap();
+        let Some(Event::Messages(b)) = events.first() else { panic!("{events:?}") };
+        assert!(
+            b.len() >= 150 && b.index_capacity() <= 2 * b.len(),
+            "{} for {}",
+            b.index_capacity(),
+            b.len()
+        );
+    }
+
+    #[test]
+    fn chunks_the_fast_path_leaves_to_the_decoder_batch_the_same() {
+        let config = Config::default();
+        let (mut s, mut c) = receiver(&config);
+        // Whole chunks with their length written long (4 bytes for 2): the
+        // general decoder reads them, and they still form one batch.
+        let mut r = Vec::new();
+        for body in [b"ab", b"cd", b"ef"] {
+            r.extend_from_slice(&[0x13, 0x01, 0x02, 0x80, 0x00, 0x00, 0x02]);
+            r.extend_from_slice(body);
+        }
+        // (Followed by enough of the record that they are not copied alone.)
+        chunk(&mut r, 2, Some((0, 300)), true, &[1u8; 300]);
+        let events = feed(&mut s, &mut c, &r, &config).unwrap();
+        let Event::Messages(b) = &events[0] else { panic!("{events:?}") };
+        let got: Vec<(u32, &[u8])> = b.iter().collect();
+        assert_eq!(got, vec![(2, &b"ab"[..]), (2, b"cd"), (2, b"ef")]);
+        assert!(matches!(&events[1], Event::Message { msg_type: 0, payload, .. } if payload.len() == 300));
     }
 
     #[test]

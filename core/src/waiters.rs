@@ -43,8 +43,8 @@ impl Consumed {
 
     /// Notes the messages an event carries, if it carries any.
     pub fn add_event(&mut self, ev: &Event) {
-        if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
-            self.add_many(connection, protocol, messages, bytes);
+        if let Some(d) = ev.delivered() {
+            self.add_many(d.connection, d.protocol, d.messages, d.bytes);
         }
     }
 

@@ -63,8 +63,8 @@ impl Taken {
 
     /// Notes an event the application took.
     pub fn event(&mut self, ev: &Event) {
-        if let Some((connection, protocol, messages, bytes)) = ev.delivered() {
-            self.note(connection, protocol, messages, bytes);
+        if let Some(d) = ev.delivered() {
+            self.note(d.connection, d.protocol, d.messages, d.bytes);
         }
     }
 

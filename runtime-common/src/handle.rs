@@ -18,8 +18,10 @@ pub struct NodeConfig {
     /// Addresses to listen on (IPv4 and/or IPv6); none for a dial-only node.
     pub listen: Vec<SocketAddr>,
     /// Events buffered for the application before the node stops reading
-    /// from the network (default 1024). Messages of a protocol with a
-    /// stream of its own are not counted: flow control bounds those.
+    /// from the network (default 1024). Several small messages that arrived
+    /// together count as one event until `Events` hands them out (flow
+    /// control bounds their bytes). Messages of a protocol with a stream
+    /// of its own are not counted: flow control bounds those.
     pub event_capacity: usize,
 }
 

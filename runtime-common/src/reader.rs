@@ -31,8 +31,11 @@ impl BatchReader {
         Some(m)
     }
 
-    /// Starts reading `b` one message at a time.
+    /// Starts reading `b` one message at a time. Call it once the batch
+    /// being read is used up ([`message`](Self::message) returned `None`):
+    /// an unread rest would be discarded (counted as consumed).
     pub fn start(&mut self, b: MessageBatch) {
+        let _ = self.rest();
         self.current = Some((b, 0));
     }
 

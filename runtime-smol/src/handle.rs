@@ -35,25 +35,23 @@ pub struct Events {
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = match self.held.pop_front() {
-            Some(ev) => ev,
-            None => {
-                let ev = match self.rx.try_recv() {
-                    Ok(ev) => ev,
-                    Err(channel::TryRecvError::Empty) => {
-                        // About to wait: return the credit of what was taken.
-                        self.taken.flush();
-                        self.rx.recv().await.ok()?
-                    }
-                    Err(channel::TryRecvError::Closed) => return None,
-                };
-                match ev {
-                    Event::Messages(b) => {
-                        self.held.extend(b.into_messages().map(Event::from));
-                        self.held.pop_front()?
-                    }
-                    ev => ev,
+        let ev = loop {
+            if let Some(ev) = self.held.pop_front() {
+                break ev;
+            }
+            let ev = match self.rx.try_recv() {
+                Ok(ev) => ev,
+                Err(channel::TryRecvError::Empty) => {
+                    // About to wait: return the credit of what was taken.
+                    self.taken.flush();
+                    self.rx.recv().await.ok()?
                 }
+                Err(channel::TryRecvError::Closed) => return None,
+            };
+            match ev {
+                // Handed out as its messages.
+                Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
+                ev => break ev,
             }
         };
         self.taken.event(&ev);

@@ -36,25 +36,23 @@ pub struct Events {
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = match self.held.pop_front() {
-            Some(ev) => ev,
-            None => {
-                let ev = match self.rx.try_recv() {
-                    Ok(ev) => ev,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        // About to wait: return the credit of what was taken.
-                        self.taken.flush();
-                        self.rx.recv().await?
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                };
-                match ev {
-                    Event::Messages(b) => {
-                        self.held.extend(b.into_messages().map(Event::from));
-                        self.held.pop_front()?
-                    }
-                    ev => ev,
+        let ev = loop {
+            if let Some(ev) = self.held.pop_front() {
+                break ev;
+            }
+            let ev = match self.rx.try_recv() {
+                Ok(ev) => ev,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // About to wait: return the credit of what was taken.
+                    self.taken.flush();
+                    self.rx.recv().await?
                 }
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            };
+            match ev {
+                // Handed out as its messages.
+                Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
+                ev => break ev,
             }
         };
         self.taken.event(&ev);
@@ -66,18 +64,21 @@ impl Events {
     /// [`next`](Self::next) when many arrive.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
         let (start, limit) = (out.len(), limit.max(1));
-        if self.held.is_empty() {
+        while self.held.is_empty() {
             if self.rx.is_empty() {
                 self.taken.flush();
             }
-            let n = self.rx.recv_many(out, limit).await;
-            if out[out.len() - n..].iter().any(|ev| matches!(ev, Event::Messages(_))) {
-                // Batches are handed out as their messages, `limit` at most.
-                for ev in out.drain(start..).collect::<Vec<_>>() {
-                    match ev {
-                        Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
-                        ev => self.held.push_back(ev),
-                    }
+            if self.rx.recv_many(out, limit).await == 0 {
+                return 0;
+            }
+            if !out[start..].iter().any(|ev| matches!(ev, Event::Messages(_))) {
+                break;
+            }
+            // Batches are handed out as their messages, `limit` at most.
+            for ev in out.drain(start..).collect::<Vec<_>>() {
+                match ev {
+                    Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
+                    ev => self.held.push_back(ev),
                 }
             }
         }

@@ -537,6 +537,63 @@ async fn batches_and_streams(ra: Runtime, rb: Runtime) {
     b.shutdown().await;
 }
 
+/// A message stream dropped in the middle of a batch: the messages it
+/// held, and those still on their way to it, count as consumed, so their
+/// credit goes back and the protocol keeps flowing (to `Events`) through a
+/// window far smaller than what is sent.
+async fn a_stream_dropped_mid_batch_returns_its_credit(ra: Runtime, rb: Runtime) {
+    const CHAT: ProtocolId = ProtocolId(0);
+    let mut core = Config::with_protocols(devp2p_integration::protocols());
+    core.receive_window = 4096;
+    let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
+    let (b, mut eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
+    let mut chat = b.messages(CHAT).await;
+    let pb = a.dial(b.peer_addr()).await.expect("dial");
+    let first = (0..2000u32).map(|i| (1, Bytes::from(i.to_le_bytes().to_vec()))).collect();
+    let sender = a.clone();
+    let sending = tokio::spawn(async move { sender.send_batch(pb, CHAT, first).await });
+    // Read a few, then drop the stream with the rest of its batch unread.
+    for i in 0..3u32 {
+        let m = tokio::time::timeout(Duration::from_secs(30), chat.next())
+            .await
+            .expect("timely")
+            .expect("stream");
+        assert_eq!(&m.payload[..], &i.to_le_bytes()[..]);
+    }
+    drop(chat);
+    // The 2,000 need the 4 KiB window about ten times over: they all leave
+    // only if the dropped ones' credit came back.
+    tokio::time::timeout(Duration::from_secs(30), sending)
+        .await
+        .expect("all sent")
+        .expect("task")
+        .expect("batch");
+    a.send(pb, CHAT, 2, Bytes::from_static(b"marker")).await.expect("send");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match eb.next().await.expect("events") {
+                Event::Message { msg_type: 2, payload, .. } if &payload[..] == b"marker" => break,
+                Event::Messages(_) => panic!("a batch reached Events"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the marker arrived after everything the stream dropped");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_mid_batch_returns_its_credit_tokio_smol() {
+    a_stream_dropped_mid_batch_returns_its_credit(Tokio, Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_mid_batch_returns_its_credit_smol_tokio() {
+    a_stream_dropped_mid_batch_returns_its_credit(Smol, Tokio).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_and_streams_tokio_smol() {
     batches_and_streams(Tokio, Smol).await;

@@ -227,6 +227,8 @@ fn small_messages_share_records() {
     // 100 × (64 + 5) bytes fit in one record: one frame on the wire.
     let frames = count_frames(&p.wire_a.concat());
     assert_eq!(frames, 1, "100 small messages should be sealed in one record");
+    // ... and B polled them as one batch (recorded above as its messages).
+    assert_eq!(p.batches, 1);
 }
 
 fn count_frames(mut wire: &[u8]) -> usize {
