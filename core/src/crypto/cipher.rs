@@ -53,6 +53,26 @@ pub struct CipherState {
     cipher: ChaCha20Poly1305,
     key: [u8; 32],
     nonce: u64,
+    /// The same key for ring's ChaCha20-Poly1305, which seals and opens
+    /// every input when the `ring` feature is on (see [`ring_key`]).
+    #[cfg(feature = "ring")]
+    fast: Option<ring::aead::LessSafeKey>,
+}
+
+/// `key` as ring's ChaCha20-Poly1305 key (any 32 bytes are one, so this is
+/// always `Some`; `None` would leave the RustCrypto path in use).
+#[cfg(feature = "ring")]
+fn ring_key(key: &[u8; 32]) -> Option<ring::aead::LessSafeKey> {
+    let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).ok()?;
+    Some(ring::aead::LessSafeKey::new(key))
+}
+
+/// `n` as ring's nonce (the same bytes as [`nonce_bytes`]).
+#[cfg(feature = "ring")]
+fn ring_nonce(n: &Nonce) -> ring::aead::Nonce {
+    let mut b = [0u8; 12];
+    b.copy_from_slice(n);
+    ring::aead::Nonce::assume_unique_for_key(b)
 }
 
 impl fmt::Debug for CipherState {
@@ -70,7 +90,34 @@ fn nonce_bytes(n: u64) -> Nonce {
 impl CipherState {
     /// A cipher state with key `key` and nonce 0.
     pub fn new(key: [u8; 32]) -> Self {
-        CipherState { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), key, nonce: 0 }
+        CipherState {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            key,
+            nonce: 0,
+            #[cfg(feature = "ring")]
+            fast: ring_key(&key),
+        }
+    }
+
+    /// A cipher state that uses the RustCrypto path even with the `ring`
+    /// feature on, so that tests built with it exercise both.
+    #[cfg(test)]
+    pub(crate) fn rustcrypto(key: [u8; 32]) -> Self {
+        #[cfg(feature = "ring")]
+        return CipherState { fast: None, ..CipherState::new(key) };
+        #[cfg(not(feature = "ring"))]
+        CipherState::new(key)
+    }
+
+    /// True if records are sealed and opened by ring (the `ring` feature):
+    /// [`verify`](Self::verify) is then not used, a record being opened
+    /// whole by [`open_in_place`](Self::open_in_place).
+    pub(crate) fn opens_whole(&self) -> bool {
+        #[cfg(feature = "ring")]
+        if self.fast.is_some() {
+            return true;
+        }
+        false
     }
 
     /// The next nonce this state will use.
@@ -92,6 +139,16 @@ impl CipherState {
     /// which the caller appends.
     pub fn seal_in_place(&mut self, ad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
         let n = self.take_nonce()?;
+        #[cfg(feature = "ring")]
+        if let Some(k) = &self.fast {
+            let tag = k
+                .seal_in_place_separate_tag(ring_nonce(&n), ring::aead::Aad::from(ad), buf)
+                // As below: only for inputs far above any record.
+                .map_err(|_| CryptoError::NonceExhausted)?;
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(tag.as_ref());
+            return Ok(t);
+        }
         if buf.len() <= SHORT_MAX {
             return Ok(short_seal(&self.key, &n, ad, buf));
         }
@@ -112,6 +169,14 @@ impl CipherState {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), CryptoError> {
         let n = self.take_nonce()?;
+        #[cfg(feature = "ring")]
+        if let Some(k) = &self.fast {
+            let tag = ring::aead::Tag::from(*tag);
+            return k
+                .open_in_place_separate_tag(ring_nonce(&n), ring::aead::Aad::from(ad), tag, buf, 0..)
+                .map(|_| ())
+                .map_err(|_| CryptoError::Decrypt);
+        }
         if buf.len() <= SHORT_MAX {
             return short_open(&self.key, &n, ad, buf, tag);
         }
@@ -151,7 +216,11 @@ impl CipherState {
         buf: &mut [u8],
         parts: &[(usize, Bytes)],
     ) -> Result<[u8; TAG_LEN], CryptoError> {
-        if parts.is_empty() {
+        if parts.is_empty() || self.opens_whole() {
+            // ring seals whole buffers only: the parts are copied in first.
+            for (at, plain) in parts {
+                buf[*at..*at + plain.len()].copy_from_slice(plain);
+            }
             return self.seal_in_place(ad, buf);
         }
         let n = self.take_nonce()?;
@@ -283,6 +352,12 @@ impl Keystream {
     /// Position of ciphertext offset 0 in the ChaCha20 stream (block 1).
     const START: u64 = 64;
 
+    /// A stand-in for a ciphertext that was decrypted whole (ring opens
+    /// records in one call): nothing is left for it to decrypt.
+    pub(crate) fn spent() -> Self {
+        Keystream(ChaCha20::new(&[0u8; 32].into(), &[0u8; 12].into()))
+    }
+
     /// Decrypts `buf`, the ciphertext at `offset`, in place.
     pub(crate) fn apply(&mut self, offset: usize, buf: &mut [u8]) {
         self.0.seek(Self::START + offset as u64);
@@ -332,6 +407,57 @@ fn short_open(
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+
+    /// ring and the RustCrypto path are the same AEAD: each opens what the
+    /// other sealed (whole, by keystream parts, and with parts sealed from
+    /// their own buffers), and each refuses a flipped bit.
+    #[cfg(feature = "ring")]
+    #[test]
+    fn ring_and_rustcrypto_agree() {
+        let rust = CipherState::rustcrypto;
+        for len in [0usize, 1, 63, 64, 65, 1000, 4096, 4097, 16_384, 65_535] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let ad = b"ad";
+            // ring seals; RustCrypto opens, whole and by keystream.
+            let (mut fast, mut slow) = (CipherState::new([5; 32]), rust([5; 32]));
+            assert!(fast.opens_whole() && !slow.opens_whole());
+            let mut ct = plain.clone();
+            let tag = fast.seal_in_place(ad, &mut ct).unwrap();
+            let mut whole = ct.clone();
+            slow.open_in_place(ad, &mut whole, &tag).unwrap();
+            assert_eq!(whole, plain, "{len}");
+            let mut slow2 = rust([5; 32]);
+            let mut ks = slow2.verify(ad, &ct, &tag).unwrap();
+            let mut parts = ct.clone();
+            let cut = len / 3;
+            ks.apply(cut, &mut parts[cut..]);
+            ks.apply(0, &mut parts[..cut]);
+            assert_eq!(parts, plain, "{len}");
+            // RustCrypto seals (with a part from its own buffer); ring opens.
+            let (mut fast, mut slow) = (CipherState::new([6; 32]), rust([6; 32]));
+            let mut buf = plain.clone();
+            let part = (len / 2, Bytes::copy_from_slice(&plain[len / 2..len / 2 + len / 4]));
+            buf[part.0..part.0 + part.1.len()].fill(0);
+            let tag = slow.seal_with_parts(ad, &mut buf, core::slice::from_ref(&part)).unwrap();
+            let mut opened = buf.clone();
+            fast.open_in_place(ad, &mut opened, &tag).unwrap();
+            assert_eq!(opened, plain, "{len}");
+            // ring's own parts path copies them in: the same ciphertext.
+            let mut fast_seal = CipherState::new([6; 32]);
+            let mut buf2 = plain.clone();
+            buf2[part.0..part.0 + part.1.len()].fill(0);
+            assert_eq!(fast_seal.seal_with_parts(ad, &mut buf2, &[part]).unwrap(), tag);
+            assert_eq!(buf2, buf, "{len}");
+            // A flipped bit is refused by both.
+            if len > 0 {
+                let mut bad = buf.clone();
+                bad[len - 1] ^= 1;
+                let (mut f, mut s) = (CipherState::new([6; 32]), rust([6; 32]));
+                assert_eq!(f.open_in_place(ad, &mut bad.clone(), &tag), Err(CryptoError::Decrypt));
+                assert_eq!(s.open_in_place(ad, &mut bad, &tag), Err(CryptoError::Decrypt));
+            }
+        }
+    }
 
     #[test]
     fn seal_open_roundtrip_and_tamper() {
