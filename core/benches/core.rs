@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant as StdInstant};
 
+#[cfg(not(feature = "ring"))]
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+#[cfg(not(feature = "ring"))]
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use devp2p_core::{
     Bytes, Config, ConnectionId, Event, HandshakePath, Instant, Keypair, Node, NodeId, Protocol, ProtocolId,
@@ -257,8 +259,9 @@ fn main() {
         }
         // The baseline is the AEAD the node uses: ring's with the `ring`
         // feature, else the chacha20poly1305 crate's.
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&[3u8; 32]));
-        let nonce = Nonce::from_slice(&[0u8; 12]);
+        #[cfg(not(feature = "ring"))]
+        let (cipher, nonce) =
+            (ChaCha20Poly1305::new(Key::from_slice(&[3u8; 32])), Nonce::from_slice(&[0u8; 12]));
         #[cfg(feature = "ring")]
         let ring_key = ring::aead::LessSafeKey::new(
             ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[3u8; 32]).expect("key"),
@@ -275,7 +278,6 @@ fn main() {
                 ring_key
                     .open_in_place_separate_tag(n(), Aad::empty(), tag, black_box(&mut raw_buf), 0..)
                     .expect("open");
-                let _ = (&cipher, nonce);
             }
             #[cfg(not(feature = "ring"))]
             {
