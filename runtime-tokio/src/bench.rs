@@ -145,6 +145,9 @@ pub async fn messages(count: u64, batch: usize) -> Result<String, String> {
     ))
 }
 
+/// Round trips before the measured ones.
+const RTT_WARMUP: usize = 1000;
+
 /// 64-byte round trips (B echoes, content checked). Returns p50/p99 in µs.
 pub async fn rtt(rounds: usize) -> Result<String, String> {
     let (a, mut ea, b, mut eb) = pair().await?;
@@ -162,8 +165,9 @@ pub async fn rtt(rounds: usize) -> Result<String, String> {
             }
         })
     };
+    // Warm-up round trips first, not measured (as libp2p-bench does).
     let mut samples = Vec::with_capacity(rounds);
-    for i in 0..rounds {
+    for i in 0..RTT_WARMUP + rounds {
         let msg = Bytes::from(vec![i as u8; 64]);
         let t = Instant::now();
         a.send(pb, ProtocolId(0), 0, msg.clone()).await.map_err(|e| e.to_string())?;
@@ -175,14 +179,22 @@ pub async fn rtt(rounds: usize) -> Result<String, String> {
                 None => return Err("events ended".into()),
             }
         }
-        samples.push(t.elapsed());
+        if i >= RTT_WARMUP {
+            samples.push(t.elapsed());
+        }
     }
     samples.sort_unstable();
-    let p = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    let p = |q: usize| samples[(samples.len() * q / 1000).min(samples.len() - 1)].as_secs_f64() * 1e6;
     a.shutdown().await;
     b.shutdown().await;
     echo.abort();
-    Ok(format!("{{\"bench\":\"rtt\",\"rounds\":{rounds},\"p50_us\":{:.1},\"p99_us\":{:.1}}}", p(50), p(99)))
+    Ok(format!(
+        "{{\"bench\":\"rtt\",\"rounds\":{rounds},\"warmup\":{RTT_WARMUP},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
+        p(500),
+        p(900),
+        p(990),
+        p(999)
+    ))
 }
 
 /// Connections with a full handshake (dialled by address), one after another.

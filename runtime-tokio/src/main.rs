@@ -53,8 +53,9 @@ enum Cmd {
         /// Messages per `send_batch` in the 64 B workload.
         #[arg(long, default_value_t = 1024)]
         batch: usize,
-        /// Round trips for the RTT workload.
-        #[arg(long, default_value_t = 5_000)]
+        /// Round trips measured for the RTT workload (after 1,000 warm-up
+        /// round trips; libp2p-bench's shape).
+        #[arg(long, default_value_t = 20_000)]
         rounds: usize,
         /// Connections for the handshake workload.
         #[arg(long, default_value_t = 300)]
