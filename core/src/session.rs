@@ -476,8 +476,9 @@ impl Session {
                 let at = buf.len();
                 buf.resize(at + hl, 0);
                 chunk::write_data_header(&mut buf[at..], channel, st, last, take as u64);
-                if take >= SEALED_MIN {
+                if take >= SEALED_MIN && !self.send.opens_whole() {
                     // Encrypted from the payload at sealing time (no copy).
+                    // (ring seals in place only: there it is copied in.)
                     self.unsealed.push((buf.len() - start, m.payload.slice(m.offset..m.offset + take)));
                     buf.resize(buf.len() + take, 0);
                 } else {

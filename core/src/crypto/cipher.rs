@@ -111,7 +111,9 @@ impl CipherState {
 
     /// True if records are sealed and opened by ring (the `ring` feature):
     /// [`verify`](Self::verify) is then not used, a record being opened
-    /// whole by [`open_in_place`](Self::open_in_place).
+    /// whole by [`open_in_place`](Self::open_in_place), and large pieces
+    /// are copied into a record rather than handed to
+    /// [`seal_with_parts`](Self::seal_with_parts) (which would copy them).
     pub(crate) fn opens_whole(&self) -> bool {
         #[cfg(feature = "ring")]
         if self.fast.is_some() {
