@@ -1023,6 +1023,7 @@ struct Run {
 }
 
 impl Run {
+    #[inline(always)]
     fn push(&mut self, entry: (u32, u32)) {
         if self.index.is_empty() {
             self.index.reserve(8);
