@@ -152,7 +152,7 @@ impl MessageBatch {
 
     /// The messages in order, as (type, payload) with borrowed payloads.
     pub fn iter(&self) -> MessageBatchIter<'_> {
-        MessageBatchIter { batch: self, next: 0, start: 0 }
+        MessageBatchIter { batch: self, next: 0 }
     }
 
     /// Message `i` as a [`Message`] of its own.
@@ -178,27 +178,15 @@ pub struct MessageBatchIter<'a> {
     batch: &'a MessageBatch,
     /// The next message's index.
     next: usize,
-    /// Where its payload starts.
-    start: usize,
 }
 
 impl<'a> Iterator for MessageBatchIter<'a> {
     type Item = (u32, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let data = &self.batch.data;
-        let (t, end) = match &self.batch.index {
-            Index::One(t) if self.next == 0 => (*t, data.len()),
-            Index::One(_) => return None,
-            Index::Many(v) => {
-                let &(t, end) = v.get(self.next)?;
-                (t, end as usize)
-            }
-        };
-        let payload = data.get(self.start..end)?;
+        let item = self.batch.get(self.next)?;
         self.next += 1;
-        self.start = end;
-        Some((t, payload))
+        Some(item)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -69,18 +69,10 @@ impl Scheduler {
         msg_type: u32,
         payload: Bytes,
     ) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let c = &mut self.channels[idx];
-        if c.queue.is_empty() {
-            self.active.push_back(idx);
-        }
-        c.bytes += payload.len();
-        c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq });
+        self.push_many(idx, channel, protocol, core::iter::once((msg_type, payload)));
     }
 
-    /// Queues `msgs` (type, payload) on channel index `idx`, in order, as
-    /// [`push`](Self::push) would one by one.
+    /// Queues `msgs` (type, payload) on channel index `idx`, in order.
     pub(crate) fn push_many(
         &mut self,
         idx: usize,

@@ -216,9 +216,7 @@ impl Session {
         msgs: &mut VecDeque<(u32, Bytes)>,
         node: &mut NodeQueue<'_>,
     ) -> Result<(), crate::SendError> {
-        if self.admit_all(protocol, msgs, node) {
-            let channel = self.channel_of[protocol.0 as usize];
-            let total: usize = msgs.iter().map(|(_, p)| p.len()).sum();
+        if let Some((channel, total)) = self.admit_all(protocol, msgs, node) {
             self.queued_bytes += total;
             *node.queued += total;
             self.scheduler.push_many(channel as usize - 1, channel, protocol, msgs.drain(..));
@@ -233,16 +231,20 @@ impl Session {
         Ok(())
     }
 
-    /// True if every message of `msgs` may be queued on `protocol` (checked
-    /// together: every type defined and size allowed, and all of them
-    /// within the queue limits). False means: check them one by one, as
-    /// some may be refused. Each limit check of [`admit`](Self::admit)
-    /// holds for every message if it holds for the queue with all of them.
-    fn admit_all(&self, protocol: ProtocolId, msgs: &VecDeque<(u32, Bytes)>, node: &NodeQueue<'_>) -> bool {
-        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
-        let Some(ch) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get(i)) else {
-            return false;
-        };
+    /// The channel and total payload bytes of `msgs` if every one of them
+    /// may be queued on `protocol` (checked together: every type defined
+    /// and size allowed, and all of them within the queue limits). `None`
+    /// means: check them one by one, as some may be refused. Each limit
+    /// check of [`admit`](Self::admit) holds for every message if it holds
+    /// for the queue with all of them.
+    fn admit_all(
+        &self,
+        protocol: ProtocolId,
+        msgs: &VecDeque<(u32, Bytes)>,
+        node: &NodeQueue<'_>,
+    ) -> Option<(u32, usize)> {
+        let channel = self.channel(protocol);
+        let ch = (channel as usize).checked_sub(1).and_then(|i| self.channels.get(i))?;
         let (mut total, mut longest, mut top_type) = (0usize, 0usize, 0u32);
         for (msg_type, payload) in msgs {
             total += payload.len();
@@ -250,11 +252,17 @@ impl Session {
             top_type = top_type.max(*msg_type);
         }
         let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
-        top_type < ch.shared.message_count
+        (top_type < ch.shared.message_count
             && longest as u64 <= self.peer_max_message
             && self.queued_bytes + total <= node.max_per_peer
             && *node.queued + total <= node.max
-            && protocol_queued + total <= self.max_queued_per_protocol
+            && protocol_queued + total <= self.max_queued_per_protocol)
+            .then_some((channel, total))
+    }
+
+    /// `protocol`'s channel in this session (0: not shared).
+    fn channel(&self, protocol: ProtocolId) -> u32 {
+        self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0)
     }
 
     /// Queues one message on `protocol`, or hands it back with the reason
@@ -266,7 +274,7 @@ impl Session {
         payload: Bytes,
         node: &mut NodeQueue<'_>,
     ) -> Result<(), (crate::SendError, Bytes)> {
-        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
+        let channel = self.channel(protocol);
         if let Err(e) = self.admit(channel, msg_type, payload.len(), node) {
             return Err((e, payload));
         }
@@ -338,7 +346,7 @@ impl Session {
     /// The application consumed `messages` messages with `bytes` payload
     /// bytes in all on `protocol`: their credit may go back to the peer.
     pub(crate) fn consume(&mut self, protocol: ProtocolId, messages: u64, bytes: u64) {
-        let channel = self.channel_of.get(protocol.0 as usize).copied().unwrap_or(0);
+        let channel = self.channel(protocol);
         if let Some(c) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get_mut(i)) {
             let cost = bytes.saturating_add(messages.saturating_mul(flow::MESSAGE_OVERHEAD));
             match c.window.consume(cost) {
