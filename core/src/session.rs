@@ -454,8 +454,11 @@ impl Session {
                 if urgent && !priority {
                     break;
                 }
-                urgent |= priority;
                 let Some(m) = self.scheduler.head_mut(idx) else { break };
+                // The tail of a larger message takes the priority lane too
+                // (to finish it), but does not close the record early: only
+                // a small message sent whole does.
+                urgent |= priority && m.offset == 0;
                 let space = limit.saturating_sub(buf.len());
                 let remaining = m.payload.len() - m.offset;
                 let st = (m.offset == 0).then_some(MessageStart {

@@ -85,8 +85,13 @@ pub trait Outputs<D, S> {
     /// Keeps an unused buffer for later.
     fn recycle(&mut self, buf: Vec<u8>);
     /// Hands `buf` to the writer of connection `id`; gives it back if that
-    /// transport is gone. The runtime calls `handle_written` once written.
-    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>>;
+    /// transport is gone.
+    ///
+    /// `Ok(true)`: the writer has room for another buffer already (it holds
+    /// fewer than it may), so `drain` calls `handle_written` for this one at
+    /// once and the runtime must not call it later. `Ok(false)`: the runtime
+    /// calls `handle_written` when the writer has room again.
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>>;
     /// The transport of `id` must be closed now.
     fn close(&mut self, id: ConnectionId);
     /// An event for the application.
@@ -203,10 +208,14 @@ impl<D, S> Waiters<D, S> {
                     break;
                 };
                 progress = true;
-                if let Err(buf) = out.write(id, buf) {
-                    out.recycle(buf);
-                    node.handle_written(id, now);
-                    node.handle_close(id, now);
+                match out.write(id, buf) {
+                    Ok(true) => node.handle_written(id, now),
+                    Ok(false) => {}
+                    Err(buf) => {
+                        out.recycle(buf);
+                        node.handle_written(id, now);
+                        node.handle_close(id, now);
+                    }
                 }
             }
             while let Some(ev) = node.poll_event() {

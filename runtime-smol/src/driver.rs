@@ -78,7 +78,16 @@ struct ConnIo {
     _reader: Task<()>,
     /// Kept to linger on after the close (see `Sink::close`).
     stream: TcpStream,
+    /// Buffers handed to the writer and not written yet.
+    queued: usize,
+    /// The core waits for `handle_written`: the writer held
+    /// [`WRITE_DEPTH`] buffers when it got the last one.
+    owed: bool,
 }
+
+/// Buffers a connection's writer may hold: while it writes one, the core
+/// seals the next.
+const WRITE_DEPTH: usize = 2;
 
 /// How long a closed connection's writer may take to flush its last bytes.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
@@ -415,7 +424,10 @@ impl Driver {
                 }
             }
         });
-        self.conns.insert(id, ConnIo { stream: kept, writer: wtx, writer_task, _reader: reader });
+        self.conns.insert(
+            id,
+            ConnIo { stream: kept, writer: wtx, writer_task, _reader: reader, queued: 0, owed: false },
+        );
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -445,7 +457,12 @@ impl Driver {
             Input::Data(id, mut buf) => self.core.handle_input(id, &mut buf, now),
             Input::Eof(id) => self.core.handle_close(id, now),
             Input::Written(id, mut buf) => {
-                self.core.handle_written(id, now);
+                if let Some(io) = self.conns.get_mut(&id) {
+                    io.queued -= 1;
+                    if std::mem::take(&mut io.owed) {
+                        self.core.handle_written(id, now);
+                    }
+                }
                 if self.spare.len() < 64 {
                     buf.clear();
                     self.spare.push(buf);
@@ -495,11 +512,12 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
         }
     }
 
-    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
-        match self.conns.get(&id) {
-            Some(io) => io.writer.try_send(buf).map_err(channel::TrySendError::into_inner),
-            None => Err(buf),
-        }
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
+        let Some(io) = self.conns.get_mut(&id) else { return Err(buf) };
+        io.writer.try_send(buf).map_err(channel::TrySendError::into_inner)?;
+        io.queued += 1;
+        io.owed = io.queued >= WRITE_DEPTH;
+        Ok(!io.owed)
     }
 
     fn close(&mut self, id: ConnectionId) {

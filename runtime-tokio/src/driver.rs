@@ -93,7 +93,16 @@ struct ConnIo {
     waker: Waker,
     writer: mpsc::UnboundedSender<Vec<u8>>,
     writer_task: JoinHandle<()>,
+    /// Buffers handed to the writer and not written yet.
+    queued: usize,
+    /// The core waits for `handle_written`: the writer held
+    /// [`WRITE_DEPTH`] buffers when it got the last one.
+    owed: bool,
 }
+
+/// Buffers a connection's writer may hold: while it writes one, the core
+/// seals the next.
+const WRITE_DEPTH: usize = 2;
 
 /// How long a closed connection's writer may take to flush its last bytes.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
@@ -468,7 +477,8 @@ impl Driver {
         let (ready, waker) = self.ready.waker(id);
         // Poll the socket once, which registers its waker.
         std::task::Wake::wake_by_ref(&ready);
-        self.conns.insert(id, ConnIo { stream, ready, waker, writer: wtx, writer_task });
+        self.conns
+            .insert(id, ConnIo { stream, ready, waker, writer: wtx, writer_task, queued: 0, owed: false });
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -497,7 +507,12 @@ impl Driver {
             }
             Input::Eof(id) => self.core.handle_close(id, now),
             Input::Written(id, mut buf) => {
-                self.core.handle_written(id, now);
+                if let Some(io) = self.conns.get_mut(&id) {
+                    io.queued -= 1;
+                    if std::mem::take(&mut io.owed) {
+                        self.core.handle_written(id, now);
+                    }
+                }
                 if self.spare.len() < 64 {
                     buf.clear();
                     self.spare.push(buf);
@@ -602,11 +617,12 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
         }
     }
 
-    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
-        match self.conns.get(&id) {
-            Some(io) => io.writer.send(buf).map_err(|e| e.0),
-            None => Err(buf),
-        }
+    fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
+        let Some(io) = self.conns.get_mut(&id) else { return Err(buf) };
+        io.writer.send(buf).map_err(|e| e.0)?;
+        io.queued += 1;
+        io.owed = io.queued >= WRITE_DEPTH;
+        Ok(!io.owed)
     }
 
     fn close(&mut self, id: ConnectionId) {

@@ -980,10 +980,12 @@ fn a_batch_waits_for_queue_space_in_order_and_hands_back_what_is_refused() {
     assert_eq!(e.unsent, vec![(99, Bytes::from_static(b"b")), (2, Bytes::from_static(b"c"))]);
 }
 
-/// Outputs whose recycled buffers come back dirty, as a runtime's might.
+/// Outputs whose recycled buffers come back dirty, as a runtime's might,
+/// and whose writer has room for `room` buffers before it is full.
 #[derive(Default)]
 struct DirtyBuffers {
     written: Vec<Vec<u8>>,
+    room: usize,
 }
 
 impl crate::Outputs<(), u32> for DirtyBuffers {
@@ -991,9 +993,10 @@ impl crate::Outputs<(), u32> for DirtyBuffers {
         vec![0xaa; 10]
     }
     fn recycle(&mut self, _: Vec<u8>) {}
-    fn write(&mut self, _: crate::ConnectionId, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+    fn write(&mut self, _: crate::ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
         self.written.push(buf);
-        Ok(())
+        self.room = self.room.saturating_sub(1);
+        Ok(self.room > 0)
     }
     fn close(&mut self, _: crate::ConnectionId) {}
     fn event(&mut self, _: crate::Event) {}
@@ -1011,6 +1014,33 @@ fn bytes_left_in_a_reused_buffer_never_reach_a_connection() {
     w.drain(&mut p.a, p.now, &mut out);
     assert!(!out.written.is_empty(), "the message was written");
     assert!(out.written.iter().all(|buf| !buf.starts_with(&[0xaa; 10])), "stale bytes were sent");
+}
+
+#[test]
+fn a_writer_with_room_is_given_the_next_buffer_at_once() {
+    for room in [1, 2, 3] {
+        let mut p = connected_pair();
+        let b = p.id(Side::B);
+        let conn = p.links[0].a;
+        // 2 MiB queued: eight buffers of `max_transmit_size` (256 KiB).
+        for _ in 0..32 {
+            p.a.send(&b, BLOCKS, 0, Bytes::from(vec![7u8; 64 << 10])).unwrap();
+        }
+        let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
+        let mut out = DirtyBuffers { room, ..DirtyBuffers::default() };
+        w.drain(&mut p.a, p.now, &mut out);
+        // Every write the runtime acknowledged at once (room left) let the
+        // drain seal the next buffer; the one that filled the writer waits.
+        assert_eq!(out.written.len(), room, "buffers handed over with room for {room}");
+        assert!(out.written.iter().all(|b| b.len() >= 256 << 10));
+        w.drain(&mut p.a, p.now, &mut out);
+        assert_eq!(out.written.len(), room, "nothing more until the writer has room");
+        // The writer wrote one: the runtime acknowledges the owed buffer.
+        out.room = 1;
+        p.a.handle_written(conn, p.now);
+        w.drain(&mut p.a, p.now, &mut out);
+        assert_eq!(out.written.len(), room + 1);
+    }
 }
 
 #[test]
