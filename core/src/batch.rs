@@ -1,7 +1,7 @@
 //! Several messages delivered as one: [`MessageBatch`].
 
 use alloc::vec::Vec;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::connection::ConnectionId;
 use crate::event::Message;
@@ -203,5 +203,130 @@ impl<'a> IntoIterator for &'a MessageBatch {
 
     fn into_iter(self) -> MessageBatchIter<'a> {
         self.iter()
+    }
+}
+
+/// Small messages for one peer and protocol, written back to back into one
+/// buffer to be sent together: the sending counterpart of
+/// [`MessageBatch`]. The node queues the batch as one entry and seals its
+/// messages straight from the buffer, so sending a thousand small messages
+/// costs one queue entry and one buffer, not a thousand payload handles.
+/// On the wire each message is still a message of its own.
+///
+/// ```
+/// # use devp2p_core::SendBatch;
+/// let mut batch = SendBatch::with_capacity(2, 10);
+/// batch.push(0, b"hello");
+/// batch.push(1, b"world");
+/// assert_eq!(batch.len(), 2);
+/// assert_eq!(batch.get(1), Some((1, &b"world"[..])));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendBatch {
+    /// The payloads, back to back.
+    data: BytesMut,
+    /// Each message's type and where its payload ends in `data`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl SendBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty batch with room for `messages` messages of `bytes` payload
+    /// bytes in all.
+    pub fn with_capacity(messages: usize, bytes: usize) -> Self {
+        SendBatch { data: BytesMut::with_capacity(bytes), ends: Vec::with_capacity(messages) }
+    }
+
+    /// Appends a message (its payload is copied into the batch's buffer).
+    ///
+    /// # Panics
+    /// If the batch would hold 4 GiB of payload or more.
+    pub fn push(&mut self, msg_type: u32, payload: &[u8]) {
+        self.data.extend_from_slice(payload);
+        let end = u32::try_from(self.data.len()).expect("a send batch holds less than 4 GiB");
+        self.ends.push((msg_type, end));
+    }
+
+    /// How many messages it holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True if it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payload bytes of all its messages together.
+    pub fn payload_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Message `i`'s type and payload.
+    pub fn get(&self, i: usize) -> Option<(u32, &[u8])> {
+        let &(t, end) = self.ends.get(i)?;
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p].1);
+        Some((t, &self.data[start as usize..end as usize]))
+    }
+
+    /// The messages in order, as (type, payload).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u32, &[u8])> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(t, end)| {
+            let payload = &self.data[start..end as usize];
+            start = end as usize;
+            (t, payload)
+        })
+    }
+
+    /// Empties the batch, keeping its allocations when nothing else shares
+    /// them.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+
+    /// The messages as (type, payload) pairs, each payload a handle on the
+    /// shared buffer (how a refused batch is handed back).
+    pub fn into_messages(self) -> Vec<(u32, Bytes)> {
+        let (data, ends) = self.into_parts();
+        let mut start = 0usize;
+        ends.into_iter()
+            .map(|(t, end)| {
+                let payload = data.slice(start..end as usize);
+                start = end as usize;
+                (t, payload)
+            })
+            .collect()
+    }
+
+    /// The frozen buffer and the (type, end) index.
+    pub(crate) fn into_parts(self) -> (Bytes, Vec<(u32, u32)>) {
+        (self.data.freeze(), self.ends)
+    }
+
+    /// The largest type and the longest payload of its messages.
+    pub(crate) fn top_type_and_longest(&self) -> (u32, usize) {
+        let (mut top, mut longest, mut start) = (0u32, 0u32, 0u32);
+        for &(t, end) in &self.ends {
+            top = top.max(t);
+            longest = longest.max(end - start);
+            start = end;
+        }
+        (top, longest as usize)
+    }
+}
+
+impl<'a> FromIterator<(u32, &'a [u8])> for SendBatch {
+    fn from_iter<I: IntoIterator<Item = (u32, &'a [u8])>>(iter: I) -> Self {
+        let mut b = SendBatch::new();
+        for (t, p) in iter {
+            b.push(t, p);
+        }
+        b
     }
 }

@@ -297,8 +297,9 @@ pub fn handshake_initiator(data: &[u8]) {
 }
 
 /// Two nodes driven by an arbitrary sequence of operations: connecting,
-/// sending, delivering bytes in arbitrary pieces, injecting and corrupting
-/// bytes, advancing time, disconnecting and closing transports. Checks
+/// sending (one message or a send batch), delivering bytes in arbitrary
+/// pieces, injecting and corrupting bytes, advancing time, disconnecting
+/// and closing transports. Checks
 /// after every step: memory bounds; and, while nothing was injected or
 /// corrupted, that B receives exactly A's messages in order and intact.
 pub fn node_ops(data: &[u8]) {
@@ -319,6 +320,18 @@ pub fn node_ops(data: &[u8]) {
                 let target = (arg(1) & 1 == 1).then_some(b_id);
                 if let (Ok(ca), Ok(cb)) = (a.connect(target, now), b.accept(now)) {
                     link = Some((ca, cb));
+                }
+            }
+            // A send batch of small messages (op bytes from 128 on).
+            1 if arg(0) >= 128 => {
+                let proto = ProtocolId(u16::from(arg(3) & 1));
+                let mut batch = crate::SendBatch::new();
+                let msgs: Vec<Bytes> = (0..1 + arg(2) % 16)
+                    .map(|k| Bytes::from(alloc::vec![arg(3).wrapping_add(k); usize::from(arg(1))]))
+                    .collect();
+                msgs.iter().for_each(|m| batch.push(u32::from(arg(3) % 2), m));
+                if a.send_packed(&b_id, proto, batch).is_ok() {
+                    sent[usize::from(proto.0)].extend(msgs);
                 }
             }
             1 => {

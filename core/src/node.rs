@@ -11,6 +11,7 @@ use core::time::Duration;
 use bytes::Bytes;
 use rand_core::CryptoRngCore;
 
+use crate::batch::SendBatch;
 use crate::config::Config;
 use crate::connection::{CloseCause, Closing, Connection, ConnectionId, Phase};
 use crate::control::Control;
@@ -244,6 +245,14 @@ impl Node {
         })
     }
 
+    /// Payload bytes queued for `peer` on `protocol` and not yet written.
+    pub(crate) fn queued_on(&self, peer: &NodeId, protocol: ProtocolId) -> usize {
+        self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
+            Phase::Established { session, .. } => session.queued_on(protocol),
+            Phase::Handshake(_) => 0,
+        })
+    }
+
     /// True if connection `id` is closing: it flushes its goodbye and
     /// ignores further input.
     pub fn is_closing(&self, id: ConnectionId) -> bool {
@@ -382,6 +391,25 @@ impl Node {
     ) -> Result<(), SendError> {
         let (session, mut node) = self.sendable(peer)?;
         session.queue_one(protocol, msg_type, payload, &mut node).map_err(|(e, _)| e)
+    }
+
+    /// Queues every message of `batch` for `peer` on `protocol`, or none of
+    /// them: on a refusal the batch comes back with the reason. Its
+    /// messages are sealed straight from its buffer, which makes this the
+    /// cheapest way to send many small messages. The queue limits apply to
+    /// the batch as a whole: a batch larger than `max_queued_per_protocol`
+    /// (or the peer's or node's limit) is always refused with `QueueFull`;
+    /// send such a batch's messages one by one.
+    pub fn send_packed(
+        &mut self,
+        peer: &NodeId,
+        protocol: ProtocolId,
+        batch: SendBatch,
+    ) -> Result<(), (SendError, SendBatch)> {
+        match self.sendable(peer) {
+            Ok((session, mut node)) => session.queue_packed(protocol, batch, &mut node),
+            Err(e) => Err((e, batch)),
+        }
     }
 
     /// Queues `msgs` for `peer` in order, taking them from the front, until

@@ -4,6 +4,7 @@
 //! different channels interleave chunk by chunk, so a bulk transfer on one
 //! protocol delays another protocol's small message by about one record.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -21,16 +22,63 @@ pub(crate) struct Outgoing {
     pub(crate) offset: usize,
     /// Order of acceptance, to hand unsent messages back in send order.
     seq: u64,
+    /// The messages queued after this one in the same
+    /// [`SendBatch`](crate::SendBatch), none of them started: the entry
+    /// stands for all of them, and the next moves to the head once this
+    /// one is written.
+    pub(crate) more: Option<Box<Packed>>,
 }
 
 impl Outgoing {
     fn remaining(&self) -> usize {
         self.payload.len() - self.offset
     }
+
+    /// Messages this entry stands for: the head and those packed after it.
+    fn messages(&self) -> usize {
+        1 + self.more.as_ref().map_or(0, |p| p.ends.len() - p.next)
+    }
+
+    /// Moves the next packed message to the head. False if none is left.
+    fn load_next(&mut self) -> bool {
+        let Some(p) = self.more.as_deref_mut() else { return false };
+        let Some(&(msg_type, end)) = p.ends.get(p.next) else { return false };
+        self.payload = p.data.slice(p.start(p.next)..end as usize);
+        self.msg_type = msg_type;
+        self.offset = 0;
+        self.seq = p.seq + p.next as u64;
+        p.next += 1;
+        if p.next == p.ends.len() {
+            self.more = None;
+        }
+        true
+    }
+}
+
+/// The messages of a [`SendBatch`](crate::SendBatch) after its first,
+/// queued in one [`Outgoing`] entry.
+pub(crate) struct Packed {
+    /// The payloads, back to back.
+    pub(crate) data: Bytes,
+    /// Each message's type and where its payload ends in `data`.
+    pub(crate) ends: Vec<(u32, u32)>,
+    /// The first message not yet moved to the entry's head.
+    pub(crate) next: usize,
+    /// The acceptance order of message 0.
+    seq: u64,
+}
+
+impl Packed {
+    /// Where message `i`'s payload starts in `data`.
+    pub(crate) fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.ends[p].1 as usize)
+    }
 }
 
 struct ChannelQueue {
     queue: VecDeque<Outgoing>,
+    /// Messages of `queue` not yet written (packed ones included).
+    messages: usize,
     /// Payload bytes of `queue` not yet written.
     bytes: usize,
     /// Bytes this channel may still send in its current round.
@@ -55,7 +103,13 @@ impl Scheduler {
     pub(crate) fn new(weights: impl IntoIterator<Item = u32>, quantum: usize, small: usize) -> Self {
         let channels = weights
             .into_iter()
-            .map(|w| ChannelQueue { queue: VecDeque::new(), bytes: 0, deficit: 0, weight: w.max(1) as usize })
+            .map(|w| ChannelQueue {
+                queue: VecDeque::new(),
+                messages: 0,
+                bytes: 0,
+                deficit: 0,
+                weight: w.max(1) as usize,
+            })
             .collect();
         Scheduler { channels, active: VecDeque::new(), next_seq: 0, quantum: quantum.max(1), small }
     }
@@ -87,12 +141,37 @@ impl Scheduler {
         if c.queue.is_empty() {
             self.active.push_back(idx);
         }
+        c.messages += msgs.len();
         let seq = &mut self.next_seq;
         c.queue.extend(msgs.map(|(msg_type, payload)| {
             c.bytes += payload.len();
             *seq += 1;
-            Outgoing { channel, protocol, msg_type, payload, offset: 0, seq: *seq - 1 }
+            Outgoing { channel, protocol, msg_type, payload, offset: 0, seq: *seq - 1, more: None }
         }));
+    }
+
+    /// Queues the messages of a [`SendBatch`](crate::SendBatch) (its
+    /// buffer and (type, end) index) on channel index `idx` as one entry.
+    pub(crate) fn push_packed(
+        &mut self,
+        idx: usize,
+        channel: u32,
+        protocol: ProtocolId,
+        data: Bytes,
+        ends: Vec<(u32, u32)>,
+    ) {
+        let Some(&(msg_type, first_end)) = ends.first() else { return };
+        let c = &mut self.channels[idx];
+        if c.queue.is_empty() {
+            self.active.push_back(idx);
+        }
+        let seq = self.next_seq;
+        self.next_seq += ends.len() as u64;
+        c.messages += ends.len();
+        c.bytes += data.len();
+        let payload = data.slice(..first_end as usize);
+        let more = (ends.len() > 1).then(|| Box::new(Packed { data, ends, next: 1, seq }));
+        c.queue.push_back(Outgoing { channel, protocol, msg_type, payload, offset: 0, seq, more });
     }
 
     /// Messages with at most this many bytes left take the priority lane.
@@ -173,7 +252,10 @@ impl Scheduler {
         let Some(head) = c.queue.front_mut() else { return };
         head.offset += written;
         if head.offset >= head.payload.len() {
-            c.queue.pop_front();
+            c.messages -= 1;
+            if !head.load_next() {
+                c.queue.pop_front();
+            }
         }
         self.end_turn_if_done(idx);
     }
@@ -190,16 +272,35 @@ impl Scheduler {
         }
     }
 
-    /// Removes the first `count` messages of channel index `idx`, written
-    /// whole, with `bytes` payload bytes in all (as [`advance`](Self::advance)
-    /// by each one's length would). They have not been started: the head
-    /// had `offset` 0.
+    /// Removes the first `count` messages of channel index `idx` (packed
+    /// ones counted one by one, in order), written whole, with `bytes`
+    /// payload bytes in all (as [`advance`](Self::advance) by each one's
+    /// length would). They have not been started: the head had `offset` 0.
     pub(crate) fn pop_whole(&mut self, idx: usize, count: usize, bytes: usize) {
         if count == 0 {
             return;
         }
         let c = &mut self.channels[idx];
-        c.queue.drain(..count.min(c.queue.len()));
+        let (mut entries, mut left) = (0, count);
+        for m in &c.queue {
+            let n = m.messages();
+            if left < n {
+                break;
+            }
+            left -= n;
+            entries += 1;
+        }
+        c.queue.drain(..entries);
+        if left > 0 {
+            // Part of a packed entry: its next unwritten message becomes the head.
+            if let Some(head) = c.queue.front_mut() {
+                if let Some(p) = head.more.as_deref_mut() {
+                    p.next += left - 1;
+                }
+                head.load_next();
+            }
+        }
+        c.messages -= count;
         c.bytes -= bytes;
         c.deficit = c.deficit.saturating_sub(bytes);
         self.end_turn_if_done(idx);
@@ -213,16 +314,35 @@ impl Scheduler {
     /// Messages and payload bytes still queued on channel index `idx`.
     pub(crate) fn depth(&self, idx: usize) -> (usize, usize) {
         let c = &self.channels[idx];
-        (c.queue.len(), c.bytes)
+        (c.messages, c.bytes)
     }
 
-    /// Removes every queued message, in the order they were accepted.
+    /// Removes every queued message, in the order they were accepted
+    /// (packed ones each an entry of its own, without `more`).
     pub(crate) fn take_all(&mut self) -> Vec<Outgoing> {
-        let mut all: Vec<Outgoing> = self.channels.iter_mut().flat_map(|c| c.queue.drain(..)).collect();
+        let mut all: Vec<Outgoing> = Vec::new();
+        for m in self.channels.iter_mut().flat_map(|c| c.queue.drain(..)) {
+            let mut m = m;
+            let more = m.more.take();
+            let (channel, protocol) = (m.channel, m.protocol);
+            all.push(m);
+            if let Some(p) = more {
+                all.extend((p.next..p.ends.len()).map(|i| Outgoing {
+                    channel,
+                    protocol,
+                    msg_type: p.ends[i].0,
+                    payload: p.data.slice(p.start(i)..p.ends[i].1 as usize),
+                    offset: 0,
+                    seq: p.seq + i as u64,
+                    more: None,
+                }));
+            }
+        }
         all.sort_by_key(|m| m.seq);
         for c in &mut self.channels {
             c.deficit = 0;
             c.bytes = 0;
+            c.messages = 0;
         }
         self.active.clear();
         all

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 
 use bytes::Bytes;
 
+use crate::batch::SendBatch;
 use crate::connection::ConnectionId;
 use crate::error::{BatchError, ConnectError, SendError};
 use crate::event::Event;
@@ -107,6 +108,8 @@ struct PendingSend<R> {
     peer: NodeId,
     protocol: ProtocolId,
     msgs: VecDeque<(u32, Bytes)>,
+    /// A send batch, queued whole once it fits (`msgs` is then empty).
+    packed: Option<SendBatch>,
     reply: R,
 }
 
@@ -114,6 +117,25 @@ impl<R> PendingSend<R> {
     /// Queues as many messages as the node takes. `None`: some wait for
     /// queue space; otherwise the batch's result.
     fn push(&mut self, node: &mut Node) -> Option<Result<(), BatchError>> {
+        if let Some(batch) = self.packed.take() {
+            match node.send_packed(&self.peer, self.protocol, batch) {
+                Ok(()) => return Some(Ok(())),
+                Err((SendError::QueueFull, batch)) => {
+                    let c = node.config();
+                    let limit = c.max_queued_per_protocol.min(c.max_queued_per_peer).min(c.max_queued_total);
+                    if batch.payload_bytes() <= limit && node.queued_on(&self.peer, self.protocol) > 0 {
+                        // It fits once this protocol's queue drains.
+                        self.packed = Some(batch);
+                        return None;
+                    }
+                    // It would never fit whole, or other protocols fill the
+                    // queue: its messages go one by one (a protocol with
+                    // nothing queued may always queue one).
+                    self.msgs = batch.into_messages().into();
+                }
+                Err((error, batch)) => return Some(Err(BatchError { error, unsent: batch.into_messages() })),
+            }
+        }
         match node.send_queue(&self.peer, self.protocol, &mut self.msgs) {
             Ok(()) => Some(Ok(())),
             Err(SendError::QueueFull) => None,
@@ -173,8 +195,33 @@ impl<D, S> Waiters<D, S> {
         msgs: impl IntoIterator<Item = (u32, Bytes)>,
         reply: S,
     ) -> Option<(S, Result<(), BatchError>)> {
-        let mut p = PendingSend { peer, protocol, msgs: msgs.into_iter().collect(), reply };
-        if !self.sends.iter().any(|w| w.peer == peer && w.protocol == protocol) {
+        let p = PendingSend { peer, protocol, msgs: msgs.into_iter().collect(), packed: None, reply };
+        self.start_send(node, p)
+    }
+
+    /// Sends a [`SendBatch`] to `peer` on `protocol` as
+    /// [`send_batch`](Self::send_batch) sends messages: it waits for queue
+    /// space whole, behind earlier waiting sends to the same peer and
+    /// protocol. It is queued whole (see [`Node::send_packed`]) unless it
+    /// could never fit the queue limits, or the queue is full of other
+    /// protocols' messages: then its messages go one by one. A refusal
+    /// hands back all of its messages.
+    pub fn send_packed(
+        &mut self,
+        node: &mut Node,
+        peer: NodeId,
+        protocol: ProtocolId,
+        batch: SendBatch,
+        reply: S,
+    ) -> Option<(S, Result<(), BatchError>)> {
+        let p = PendingSend { peer, protocol, msgs: VecDeque::new(), packed: Some(batch), reply };
+        self.start_send(node, p)
+    }
+
+    /// Queues `p` now unless earlier sends to the same peer and protocol
+    /// wait; keeps it waiting otherwise.
+    fn start_send(&mut self, node: &mut Node, mut p: PendingSend<S>) -> Option<(S, Result<(), BatchError>)> {
+        if !self.sends.iter().any(|w| w.peer == p.peer && w.protocol == p.protocol) {
             if let Some(r) = p.push(node) {
                 return Some((p.reply, r));
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use devp2p_core::{
     BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, MessageBatch,
-    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, Waiters,
+    NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, SendBatch, Waiters,
 };
 use devp2p_runtime::{CreditShared, DialError};
 use smol::channel::{self, Receiver, Sender};
@@ -32,6 +32,13 @@ pub(crate) enum Command {
         peer: NodeId,
         protocol: ProtocolId,
         msgs: Vec<(u32, Bytes)>,
+        reply: SendReply,
+    },
+    /// The messages of a send batch for one peer and protocol.
+    SendPacked {
+        peer: NodeId,
+        protocol: ProtocolId,
+        batch: SendBatch,
         reply: SendReply,
     },
     Disconnect {
@@ -355,6 +362,13 @@ impl Driver {
             }
             Command::Send { peer, protocol, msgs, reply } => {
                 if let Some((reply, r)) = self.waiters.send_batch(&mut self.core, peer, protocol, msgs, reply)
+                {
+                    let _ = reply.try_send(r);
+                }
+            }
+            Command::SendPacked { peer, protocol, batch, reply } => {
+                if let Some((reply, r)) =
+                    self.waiters.send_packed(&mut self.core, peer, protocol, batch, reply)
                 {
                     let _ = reply.try_send(r);
                 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use devp2p_core::{
     BatchError, Broadcast, Bytes, Event, Keypair, Message, MessageBatch, NodeId, PeerAddr, PeerMetrics,
-    ProtocolId, SendError,
+    ProtocolId, SendBatch, SendError,
 };
 use devp2p_runtime::{BatchReader, CreditShared, DialError, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
@@ -282,6 +282,26 @@ impl Node {
         if let Err(e) = self.inner.cmd.send(Command::Send { peer, protocol, msgs, reply }).await {
             let Command::Send { msgs, .. } = e.0 else { unreachable!("the command sent") };
             return Err(BatchError { error: SendError::NotConnected, unsent: msgs });
+        }
+        rx.recv().await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
+    }
+
+    /// Sends the messages of a [`SendBatch`] to one peer on one protocol,
+    /// in order: the cheapest way to send many small messages, as the node
+    /// queues the batch as one entry and seals its messages straight from
+    /// its buffer. Waits while the queue is full (backpressure). A refusal
+    /// hands back all of its messages, none of them sent (see
+    /// [`Waiters::send_packed`](devp2p_core::Waiters::send_packed)).
+    pub async fn send_packed(
+        &self,
+        peer: NodeId,
+        protocol: ProtocolId,
+        batch: SendBatch,
+    ) -> Result<(), BatchError> {
+        let (reply, rx) = channel::bounded(1);
+        if let Err(e) = self.inner.cmd.send(Command::SendPacked { peer, protocol, batch, reply }).await {
+            let Command::SendPacked { batch, .. } = e.0 else { unreachable!("the command sent") };
+            return Err(BatchError { error: SendError::NotConnected, unsent: batch.into_messages() });
         }
         rx.recv().await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
     }

@@ -50,9 +50,14 @@ enum Cmd {
         /// Messages for the 64 B workload.
         #[arg(long, default_value_t = 1_000_000)]
         messages: u64,
-        /// Messages per `send_batch` in the 64 B workload.
+        /// Messages per send call in the 64 B workload.
         #[arg(long, default_value_t = 1024)]
         batch: usize,
+        /// How the 64 B workload sends its batches: `packed` (each message
+        /// written into a `SendBatch`, sent with `send_packed`) or `handles`
+        /// (a `Vec` of payload handles on one buffer, sent with `send_batch`).
+        #[arg(long, default_value = "packed")]
+        send: String,
         /// Round trips measured for the RTT workload (after 1,000 warm-up
         /// round trips; libp2p-bench's shape).
         #[arg(long, default_value_t = 20_000)]
@@ -96,8 +101,16 @@ async fn main() {
     let result = match cli.command {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
-        Cmd::Bench { only, bulk_bytes, messages, batch, rounds, connections } => {
-            bench(only.as_deref(), bulk_bytes, (messages, batch), rounds, connections).await
+        Cmd::Bench { only, bulk_bytes, messages, batch, send, rounds, connections } => {
+            let packed = match send.as_str() {
+                "packed" => true,
+                "handles" => false,
+                other => {
+                    eprintln!("error: --send is packed or handles, not {other}");
+                    std::process::exit(2);
+                }
+            };
+            bench(only.as_deref(), bulk_bytes, (messages, batch, packed), rounds, connections).await
         }
         Cmd::Demo { nodes } => devp2p_tokio::demo::run(nodes).await.and_then(|s| {
             if s.corrupt == 0 && s.received == s.sent {
@@ -116,7 +129,7 @@ async fn main() {
 async fn bench(
     only: Option<&str>,
     bulk: u64,
-    (messages, batch): (u64, usize),
+    (messages, batch, packed): (u64, usize, bool),
     rounds: usize,
     connections: usize,
 ) -> Result<(), String> {
@@ -138,7 +151,7 @@ async fn bench(
         spawned(bench::bulk(bulk, 8)).await?;
     }
     if run("msgs") {
-        spawned(bench::messages(messages, batch)).await?;
+        spawned(bench::messages(messages, batch, packed)).await?;
     }
     if run("rtt") {
         spawned(bench::rtt(rounds)).await?;

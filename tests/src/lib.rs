@@ -182,6 +182,19 @@ impl AnyNode {
         }
     }
 
+    /// Sends a send batch to one peer on one protocol, in order.
+    pub async fn send_packed(
+        &self,
+        peer: NodeId,
+        p: ProtocolId,
+        batch: devp2p_core::SendBatch,
+    ) -> Result<(), devp2p_core::BatchError> {
+        match self {
+            AnyNode::Tokio(n) => n.send_packed(peer, p, batch).await,
+            AnyNode::Smol(n) => n.send_packed(peer, p, batch).await,
+        }
+    }
+
     /// A stream of its own for `protocol`'s messages.
     pub async fn messages(&self, protocol: ProtocolId) -> AnyMessages {
         match self {

@@ -584,6 +584,78 @@ async fn a_stream_dropped_mid_batch_returns_its_credit(ra: Runtime, rb: Runtime)
     b.shutdown().await;
 }
 
+/// Send batches across runtimes: 40,000 small messages in batches of
+/// 1,000 through a queue that holds about two batches and a 4 KiB window
+/// (the sender waits for room with each batch whole), then a batch larger than the queue
+/// limit (sent message by message), all delivered in order; a refused
+/// batch comes back whole with nothing of it delivered.
+async fn send_batches(ra: Runtime, rb: Runtime) {
+    const CHAT: ProtocolId = ProtocolId(0);
+    let mut core = Config::with_protocols(devp2p_integration::protocols());
+    core.max_queued_per_protocol = 40_000;
+    // A small window, so that the queue fills and batches wait for room.
+    core.receive_window = 4096;
+    let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
+    let (b, _eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
+    let mut chat = b.messages(CHAT).await;
+    let pb = a.dial(b.peer_addr()).await.expect("dial");
+    fn payload(i: u32) -> Vec<u8> {
+        (0..(i % 17) as usize + 8).map(|j| (i as usize + j) as u8).collect()
+    }
+    fn batch(range: std::ops::Range<u32>) -> devp2p_core::SendBatch {
+        let mut b = devp2p_core::SendBatch::new();
+        for i in range {
+            b.push(i % 4, &payload(i));
+        }
+        b
+    }
+    let sender = a.clone();
+    let sending = tokio::spawn(async move {
+        for k in 0..40u32 {
+            sender.send_packed(pb, CHAT, batch(k * 1000..k * 1000 + 1000)).await.expect("batch");
+        }
+        // About 100 KB: more than the protocol's 40,000-byte queue.
+        let big = batch(40_000..48_000);
+        assert!(big.payload_bytes() > 40_000);
+        sender.send_packed(pb, CHAT, big).await.expect("oversize batch");
+    });
+    let mut i = 0u32;
+    while i < 48_000 {
+        let got = tokio::time::timeout(Duration::from_secs(30), chat.next_batch())
+            .await
+            .expect("timely")
+            .expect("stream");
+        for (t, p) in &got {
+            assert_eq!((t, p), (i % 4, &payload(i)[..]), "message {i}");
+            i += 1;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(30), sending).await.expect("sent").expect("sender");
+    let refused = batch(0..3);
+    let mut bad = refused.clone();
+    bad.push(99, b"undefined type");
+    let e = a.send_packed(pb, CHAT, bad.clone()).await.expect_err("type 99 is not defined");
+    assert_eq!(e.error, devp2p_core::SendError::UnknownMessageType);
+    let want: Vec<(u32, Bytes)> = bad.iter().map(|(t, p)| (t, Bytes::copy_from_slice(p))).collect();
+    assert_eq!(e.unsent, want, "all of it comes back");
+    a.send(pb, CHAT, 2, Bytes::from_static(b"marker")).await.expect("send");
+    let m =
+        tokio::time::timeout(Duration::from_secs(30), chat.next()).await.expect("timely").expect("stream");
+    assert_eq!(&m.payload[..], b"marker", "nothing of the refused batch was delivered");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batches_tokio_smol() {
+    send_batches(Tokio, Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batches_smol_tokio() {
+    send_batches(Smol, Tokio).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_dropped_mid_batch_returns_its_credit_tokio_smol() {
     a_stream_dropped_mid_batch_returns_its_credit(Tokio, Smol).await;

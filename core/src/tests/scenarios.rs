@@ -231,6 +231,137 @@ fn small_messages_share_records() {
     assert_eq!(p.batches, 1);
 }
 
+#[test]
+fn a_send_batch_arrives_as_its_messages_in_order() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    let mut batch = crate::SendBatch::with_capacity(300, 300 * 70);
+    for i in 0..300u32 {
+        // Mostly small, with a few large ones that take several records.
+        let len = if i % 100 == 7 { 70_000 } else { 40 + (i as usize % 30) };
+        batch.push(i % 4, &vec![i as u8; len]);
+    }
+    let want: Vec<(ProtocolId, u32, Bytes)> =
+        batch.iter().map(|(t, payload)| (CHAT, t, Bytes::copy_from_slice(payload))).collect();
+    let bytes = batch.payload_bytes();
+    p.a.send_packed(&b, CHAT, batch).unwrap();
+    let m = &p.a.metrics()[0].protocols;
+    let chat = m.iter().find(|m| m.protocol == CHAT).unwrap();
+    assert_eq!((chat.queued_messages, chat.queued_bytes), (300, bytes));
+    p.drive();
+    assert_eq!(messages(&p.take_events(Side::B)), want);
+    let m = &p.a.metrics()[0].protocols;
+    let chat = m.iter().find(|m| m.protocol == CHAT).unwrap();
+    assert_eq!(
+        (chat.queued_messages, chat.queued_bytes, chat.messages_out, chat.bytes_out),
+        (0, 0, 300, bytes as u64)
+    );
+}
+
+#[test]
+fn a_refused_send_batch_queues_nothing_and_comes_back_whole() {
+    let config = Config { max_queued_per_protocol: 1000, ..Config::with_protocols(protocols()) };
+    let mut p = Pair::with_configs(config, Config::with_protocols(protocols()[..2].to_vec()));
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    let batch = |msgs: &[(u32, usize)]| -> crate::SendBatch {
+        let mut s = crate::SendBatch::new();
+        for &(t, n) in msgs {
+            s.push(t, &vec![t as u8; n]);
+        }
+        s
+    };
+    let only_local = ProtocolId(2);
+    for (protocol, msgs, want) in [
+        (CHAT, vec![(0, 10), (4, 10)], SendError::UnknownMessageType),
+        (only_local, vec![(0, 10)], SendError::ProtocolNotShared),
+        // Larger than the protocol's queue limit on its own: never fits.
+        (CHAT, vec![(0, 600), (1, 600)], SendError::QueueFull),
+    ] {
+        let sent = batch(&msgs);
+        let (e, back) = p.a.send_packed(&b, protocol, sent.clone()).unwrap_err();
+        assert_eq!((e, &back), (want, &sent));
+        assert!(p.a.metrics()[0].protocols.iter().all(|m| m.queued_messages == 0));
+    }
+    // Fits: queued whole; the next one would pass the limit.
+    p.a.send_packed(&b, CHAT, batch(&[(0, 500), (1, 400)])).unwrap();
+    let (e, back) = p.a.send_packed(&b, CHAT, batch(&[(2, 50), (3, 60)])).unwrap_err();
+    assert_eq!((e, back.len()), (SendError::QueueFull, 2));
+    p.drive();
+    let got = messages(&p.take_events(Side::B));
+    assert_eq!(got.iter().map(|(_, t, m)| (*t, m.len())).collect::<Vec<_>>(), vec![(0, 500), (1, 400)]);
+    let stranger = NodeId([7; 32]);
+    assert_eq!(p.a.send_packed(&stranger, CHAT, batch(&[(0, 1)])).unwrap_err().0, SendError::NotConnected);
+}
+
+#[test]
+fn a_waiting_send_batch_waits_whole_unless_other_protocols_fill_the_queue() {
+    let config = Config { max_queued_per_peer: 1000, ..Config::with_protocols(protocols()) };
+    let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    let batch = |n: usize, len: usize| -> crate::SendBatch {
+        let mut s = crate::SendBatch::new();
+        (0..n).for_each(|i| s.push(0, &vec![i as u8; len]));
+        s
+    };
+    let chat_queued = |p: &Pair| {
+        let m = p.a.peer_metrics(&b).unwrap();
+        m.protocols.iter().find(|m| m.protocol == CHAT).map(|m| m.queued_messages).unwrap()
+    };
+    let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
+    // CHAT holds 600 bytes: a batch of 3 × 200 more must wait, whole.
+    assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 1).is_some());
+    assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 2).is_none());
+    assert_eq!(chat_queued(&p), 3);
+    w.retry_sends(&mut p.a, |_, _| panic!("nothing was written yet"));
+    assert_eq!(chat_queued(&p), 3, "still waiting whole");
+    // Once written, it fits and goes whole.
+    p.drive();
+    let mut done = Vec::new();
+    w.retry_sends(&mut p.a, |r, res| done.push((r, res)));
+    assert_eq!(done, vec![(2, Ok(()))]);
+    assert_eq!(chat_queued(&p), 3);
+    p.drive();
+    // Another protocol fills the peer's queue and CHAT holds nothing: the
+    // batch's messages go one by one (a protocol with nothing queued may
+    // always queue one), instead of waiting for room that may never come.
+    p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 990])).unwrap();
+    assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 3).is_none());
+    assert_eq!(chat_queued(&p), 1, "the first message, alone");
+}
+
+#[test]
+fn a_send_batch_still_queued_is_handed_back_message_by_message() {
+    let mut p = connected_pair();
+    let b = p.id(Side::B);
+    p.a.send(&b, CHAT, 3, Bytes::from_static(b"first")).unwrap();
+    let mut batch = crate::SendBatch::new();
+    for i in 0..5u8 {
+        batch.push(u32::from(i % 4), &[i; 3]);
+    }
+    p.a.send_packed(&b, CHAT, batch).unwrap();
+    p.a.send(&b, BLOCKS, 9, Bytes::from_static(b"last")).unwrap();
+    p.a.disconnect(&b, DisconnectReason::Requested, p.now);
+    p.drive();
+    let unsent = p
+        .take_events(Side::A)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::PeerDisconnected { unsent, .. } => Some(unsent),
+            _ => None,
+        })
+        .expect("disconnected");
+    let got: Vec<(ProtocolId, u32, Vec<u8>)> =
+        unsent.into_iter().map(|m| (m.protocol, m.msg_type, m.payload.to_vec())).collect();
+    let mut want = vec![(CHAT, 3, b"first".to_vec())];
+    want.extend((0..5u8).map(|i| (CHAT, u32::from(i % 4), vec![i; 3])));
+    want.push((BLOCKS, 9, b"last".to_vec()));
+    assert_eq!(got, want);
+}
+
 fn count_frames(mut wire: &[u8]) -> usize {
     let mut n = 0;
     while wire.len() >= 2 {
