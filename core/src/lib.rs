@@ -22,6 +22,8 @@
 //! * [`Event`]: what the application learns. Messages come as
 //!   [`Event::Message`], or several small ones of a peer that arrived
 //!   together as one [`Event::Messages`] ([`MessageBatch`]): read both.
+//! * [`SendBatch`]: many small messages for one peer and protocol in one
+//!   buffer, queued as one entry by [`Node::send_packed`].
 //!
 //! ## Module map
 //!
@@ -38,7 +40,7 @@
 //! | `connection` | framing and phases of one transport |
 //! | `knowledge` | resumption tickets |
 //! | `node` | the endpoint |
-//! | `batch` | messages delivered together in one buffer |
+//! | `batch` | messages delivered or sent together in one buffer |
 //! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
 //! | `addr` | `NODEID@host:port` addresses |
 //!

@@ -48,16 +48,17 @@ async fn messages(count: u64) -> String {
             }
         }
     });
+    // Each message written into a send batch (as `devp2p bench` does).
     let mut seq = 0u64;
     while seq < count {
         let n = (count - seq).min(1024);
-        let mut all = bytes::BytesMut::zeroed(64 * n as usize);
-        for (i, p) in (seq..seq + n).zip(all.chunks_exact_mut(64)) {
-            p[..8].copy_from_slice(&i.to_le_bytes());
+        let mut msgs = devp2p_core::SendBatch::with_capacity(n as usize, 64 * n as usize);
+        let mut payload = [0u8; 64];
+        for i in seq..seq + n {
+            payload[..8].copy_from_slice(&i.to_le_bytes());
+            msgs.push(0, &payload);
         }
-        let all = all.freeze();
-        let msgs = (0..n as usize).map(|k| (0, all.slice(k * 64..k * 64 + 64))).collect();
-        a.send_batch(peer, ProtocolId(0), msgs).await.expect("send");
+        a.send_packed(peer, ProtocolId(0), msgs).await.expect("send");
         seq += n;
     }
     rx.await;
