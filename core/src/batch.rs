@@ -246,9 +246,24 @@ impl SendBatch {
     /// # Panics
     /// If the batch would hold 4 GiB of payload or more.
     pub fn push(&mut self, msg_type: u32, payload: &[u8]) {
+        let end = u32::try_from(self.data.len() + payload.len()).expect("a send batch holds less than 4 GiB");
         self.data.extend_from_slice(payload);
-        let end = u32::try_from(self.data.len()).expect("a send batch holds less than 4 GiB");
         self.ends.push((msg_type, end));
+    }
+
+    /// Splits the batch in two at message `at`: `self` keeps the messages
+    /// before it, the rest are returned (empty if `at >= len`).
+    pub fn split_off(&mut self, at: usize) -> SendBatch {
+        let at = at.min(self.ends.len());
+        let start = at.checked_sub(1).map_or(0, |p| self.ends[p].1);
+        let ends = self.ends.split_off(at).into_iter().map(|(t, end)| (t, end - start)).collect();
+        SendBatch { data: self.data.split_off(start as usize), ends }
+    }
+
+    /// How many of the first messages have at most `bytes` payload bytes
+    /// together.
+    pub(crate) fn messages_within(&self, bytes: usize) -> usize {
+        self.ends.partition_point(|&(_, end)| end as usize <= bytes)
     }
 
     /// How many messages it holds.

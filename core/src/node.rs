@@ -76,7 +76,8 @@ const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
 ///
 /// * **inputs** (`handle_*`): [`handle_input`](Self::handle_input) for bytes
 ///   received on a connection, [`handle_written`](Self::handle_written) when
-///   a buffer from `poll_transmit` has been written,
+///   the transport can take another buffer from `poll_transmit` (once the
+///   last one is written, or earlier if the runtime's writer holds a few),
 ///   [`handle_close`](Self::handle_close) when a transport ended, and
 ///   [`handle_timeout`](Self::handle_timeout) when the deadline from
 ///   `poll_timeout` is reached;
@@ -397,17 +398,33 @@ impl Node {
     /// them: on a refusal the batch comes back with the reason. Its
     /// messages are sealed straight from its buffer, which makes this the
     /// cheapest way to send many small messages. The queue limits apply to
-    /// the batch as a whole: a batch larger than `max_queued_per_protocol`
-    /// (or the peer's or node's limit) is always refused with `QueueFull`;
-    /// send such a batch's messages one by one.
+    /// the batch as a whole, with no exception for an empty queue: a batch
+    /// larger than `max_queued_per_protocol` (or the peer's or node's
+    /// limit) is always refused with `QueueFull`. Split such a batch
+    /// ([`SendBatch::split_off`]), or let a runtime's
+    /// [`Waiters::send_packed`](crate::Waiters::send_packed) queue it in
+    /// parts as room appears.
     pub fn send_packed(
         &mut self,
         peer: &NodeId,
         protocol: ProtocolId,
         batch: SendBatch,
     ) -> Result<(), (SendError, SendBatch)> {
+        self.send_packed_from(peer, protocol, batch, false)
+    }
+
+    /// [`send_packed`](Self::send_packed), but when the queue limits leave
+    /// room for only some of the batch's first messages, those are queued
+    /// and the rest comes back with `QueueFull`.
+    pub(crate) fn send_packed_from(
+        &mut self,
+        peer: &NodeId,
+        protocol: ProtocolId,
+        batch: SendBatch,
+        prefix: bool,
+    ) -> Result<(), (SendError, SendBatch)> {
         match self.sendable(peer) {
-            Ok((session, mut node)) => session.queue_packed(protocol, batch, &mut node),
+            Ok((session, mut node)) => session.queue_packed(protocol, batch, &mut node, prefix),
             Err(e) => Err((e, batch)),
         }
     }
@@ -691,8 +708,11 @@ impl Node {
         self.close(id, CloseCause { reason: DisconnectReason::TransportClosed, remote: true }, now);
     }
 
-    /// The buffer last returned by `poll_transmit` for `id` has been written;
-    /// the connection may be polled again.
+    /// The transport of `id` can take another buffer: the one last
+    /// returned by `poll_transmit` for it has been written, or handed to a
+    /// writer that still has room (a runtime may keep a few buffers in
+    /// flight; it must still write every one it was given, even after the
+    /// connection closes). The connection may be polled again.
     pub fn handle_written(&mut self, id: ConnectionId, _now: Instant) {
         if let Some(c) = self.connections.get_mut(&id) {
             c.write_in_flight = false;
@@ -892,8 +912,10 @@ impl Node {
     }
 
     /// The next transport the runtime must close. Everything returned by
-    /// `poll_transmit` for it has been acknowledged with `handle_written`.
-    /// Every connection ends with exactly one `poll_close`.
+    /// `poll_transmit` for it has been acknowledged with `handle_written`;
+    /// a runtime that acknowledged buffers before writing them closes the
+    /// transport once they are written. Every connection ends with exactly
+    /// one `poll_close`.
     #[must_use]
     pub fn poll_close(&mut self) -> Option<ConnectionId> {
         self.closed.pop_front()

@@ -260,17 +260,19 @@ impl Session {
             .then_some((channel, total))
     }
 
-    /// Queues every message of `batch` on `protocol` as one entry, or none
-    /// of them: the batch comes back with the reason. The checks are those
-    /// of [`admit`](Self::admit) for the batch as a whole, except that a
-    /// protocol with nothing queued may not exceed the queue limits with
-    /// it (a batch larger than a limit never fits; send its messages one
-    /// by one instead).
+    /// Queues the messages of `batch` on `protocol` as one entry. Refused
+    /// whole, with nothing queued, if the protocol is not shared or any
+    /// message has an undefined type or is too large for the peer. Then the
+    /// queue limits apply to the batch as a whole (with no exception for
+    /// an empty queue, unlike [`admit`](Self::admit)): if they leave too
+    /// little room, `prefix` queues the messages that fit, if any, and the
+    /// rest comes back with `QueueFull`; without it nothing is queued.
     pub(crate) fn queue_packed(
         &mut self,
         protocol: ProtocolId,
-        batch: SendBatch,
+        mut batch: SendBatch,
         node: &mut NodeQueue<'_>,
+        prefix: bool,
     ) -> Result<(), (crate::SendError, SendBatch)> {
         use crate::SendError as E;
         if batch.is_empty() {
@@ -280,15 +282,6 @@ impl Session {
         let Some(ch) = (channel as usize).checked_sub(1).and_then(|i| self.channels.get(i)) else {
             return Err((E::ProtocolNotShared, batch));
         };
-        // The limits first: they are what a waiting batch is retried for.
-        let total = batch.payload_bytes();
-        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
-        if self.queued_bytes + total > node.max_per_peer
-            || *node.queued + total > node.max
-            || protocol_queued + total > self.max_queued_per_protocol
-        {
-            return Err((E::QueueFull, batch));
-        }
         let (top_type, longest) = batch.top_type_and_longest();
         if top_type >= ch.shared.message_count {
             return Err((E::UnknownMessageType, batch));
@@ -296,11 +289,29 @@ impl Session {
         if longest as u64 > self.peer_max_message {
             return Err((E::MessageTooLarge, batch));
         }
+        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
+        let room = node
+            .max_per_peer
+            .saturating_sub(self.queued_bytes)
+            .min(node.max.saturating_sub(*node.queued))
+            .min(self.max_queued_per_protocol.saturating_sub(protocol_queued));
+        let mut rest = None;
+        if batch.payload_bytes() > room {
+            let fit = if prefix { batch.messages_within(room) } else { 0 };
+            if fit == 0 {
+                return Err((E::QueueFull, batch));
+            }
+            rest = Some(batch.split_off(fit));
+        }
+        let total = batch.payload_bytes();
         self.queued_bytes += total;
         *node.queued += total;
         let (data, ends) = batch.into_parts();
         self.scheduler.push_packed(channel as usize - 1, channel, protocol, data, ends);
-        Ok(())
+        match rest {
+            Some(rest) => Err((E::QueueFull, rest)),
+            None => Ok(()),
+        }
     }
 
     /// Payload bytes queued on `protocol` and not yet written.
@@ -496,6 +507,7 @@ impl Session {
             // the scheduler chooses. A record carrying a priority message
             // is not filled up with bulk data: it is sent at once, small.
             let mut urgent = false;
+            let small = self.scheduler.small();
             let share = self.in_flight_share();
             let channels = &mut self.channels;
             while let Some((idx, allowance)) =
@@ -508,8 +520,8 @@ impl Session {
                 let Some(m) = self.scheduler.head_mut(idx) else { break };
                 // The tail of a larger message takes the priority lane too
                 // (to finish it), but does not close the record early: only
-                // a small message sent whole does.
-                urgent |= priority && m.offset == 0;
+                // a small message (or a piece of one) does.
+                urgent |= priority && m.payload.len() <= small;
                 let space = limit.saturating_sub(buf.len());
                 let remaining = m.payload.len() - m.offset;
                 let st = (m.offset == 0).then_some(MessageStart {
@@ -558,7 +570,7 @@ impl Session {
                     continue;
                 }
                 let mut run = WholeRun {
-                    small: self.scheduler.small(),
+                    small,
                     credit: &mut channels[idx].credit,
                     share,
                     limit,
@@ -1778,7 +1790,7 @@ mod tests {
                     batch.iter().enumerate().map(|(k, &(t, n))| (t, payload(t, n, k + 100))).collect();
                 if packed {
                     let b: SendBatch = msgs.iter().map(|(t, p)| (*t, &p[..])).collect();
-                    s.queue_packed(ProtocolId(0), b, &mut node).map_err(|(e, _)| e).unwrap();
+                    s.queue_packed(ProtocolId(0), b, &mut node, false).map_err(|(e, _)| e).unwrap();
                 } else {
                     s.queue_batch(ProtocolId(0), &mut msgs.into_iter().collect(), &mut node).unwrap();
                 }
@@ -1801,6 +1813,41 @@ mod tests {
             };
             proptest::prop_assert_eq!(run(true), run(false));
         }
+    }
+
+    #[test]
+    fn the_tail_of_a_large_message_does_not_close_its_record_early() {
+        // Records of 1,000 bytes; two 1,500-byte messages. The first's
+        // small tail (below the 512-byte priority size) shares its record
+        // with the start of the second: three full-size records, not a
+        // record holding the tail alone.
+        let config = Config { max_record_size: 1000, ..Config::default() };
+        let (mut s, _) = receiver_granted(&config, None);
+        let mut msgs: VecDeque<_> = (0..2).map(|i| (0, Bytes::from(vec![i as u8; 1500]))).collect();
+        let mut queued = 0;
+        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
+        let mut out = Vec::new();
+        s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
+        let mut sizes = Vec::new();
+        let mut rest = &out[..];
+        while rest.len() >= 2 {
+            let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            sizes.push(n);
+            rest = &rest[2 + n..];
+        }
+        assert_eq!(sizes.len(), 4, "{sizes:?}");
+        assert!(sizes[..3].iter().all(|&n| n == 1000 + TAG_LEN), "{sizes:?}");
+        // A small message split across records still closes its record.
+        let config = Config { max_record_size: 300, ..Config::default() };
+        let (mut s, _) = receiver_granted(&config, None);
+        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        let mut msgs: VecDeque<_> =
+            [(0, Bytes::from(vec![1u8; 400])), (0, Bytes::from(vec![2u8; 2000]))].into();
+        s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
+        let mut out = Vec::new();
+        s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
+        assert!(out.len() < 2 * (2 + 300 + TAG_LEN), "one record, then the small message's end alone");
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub trait Outputs<D, S> {
     /// once and the runtime must not call it later. `Ok(false)`: the runtime
     /// calls `handle_written` when the writer has room again.
     fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>>;
-    /// The transport of `id` must be closed now.
+    /// The transport of `id` must be closed now, after the buffers its
+    /// writer still holds are written (they may end with the goodbye).
     fn close(&mut self, id: ConnectionId);
     /// An event for the application.
     fn event(&mut self, ev: Event);
@@ -118,22 +119,22 @@ impl<R> PendingSend<R> {
     /// queue space; otherwise the batch's result.
     fn push(&mut self, node: &mut Node) -> Option<Result<(), BatchError>> {
         if let Some(batch) = self.packed.take() {
-            match node.send_packed(&self.peer, self.protocol, batch) {
+            match node.send_packed_from(&self.peer, self.protocol, batch, true) {
                 Ok(()) => return Some(Ok(())),
-                Err((SendError::QueueFull, batch)) => {
-                    let c = node.config();
-                    let limit = c.max_queued_per_protocol.min(c.max_queued_per_peer).min(c.max_queued_total);
-                    if batch.payload_bytes() <= limit && node.queued_on(&self.peer, self.protocol) > 0 {
-                        // It fits once this protocol's queue drains.
-                        self.packed = Some(batch);
+                Err((SendError::QueueFull, rest)) => {
+                    if node.queued_on(&self.peer, self.protocol) > 0 {
+                        // What fitted is queued; the rest waits for room.
+                        self.packed = Some(rest);
                         return None;
                     }
-                    // It would never fit whole, or other protocols fill the
-                    // queue: its messages go one by one (a protocol with
-                    // nothing queued may always queue one).
-                    self.msgs = batch.into_messages().into();
+                    // Not one message fits, yet this protocol has nothing
+                    // queued: other protocols or peers fill the queue, or
+                    // the first message alone exceeds the protocol's
+                    // limit. Message by message, as a protocol with
+                    // nothing queued may always queue one.
+                    self.msgs = rest.into_messages().into();
                 }
-                Err((error, batch)) => return Some(Err(BatchError { error, unsent: batch.into_messages() })),
+                Err((error, rest)) => return Some(Err(BatchError { error, unsent: rest.into_messages() })),
             }
         }
         match node.send_queue(&self.peer, self.protocol, &mut self.msgs) {
@@ -200,12 +201,17 @@ impl<D, S> Waiters<D, S> {
     }
 
     /// Sends a [`SendBatch`] to `peer` on `protocol` as
-    /// [`send_batch`](Self::send_batch) sends messages: it waits for queue
-    /// space whole, behind earlier waiting sends to the same peer and
-    /// protocol. It is queued whole (see [`Node::send_packed`]) unless it
-    /// could never fit the queue limits, or the queue is full of other
-    /// protocols' messages: then its messages go one by one. A refusal
-    /// hands back all of its messages.
+    /// [`send_batch`](Self::send_batch) sends messages, in order, behind
+    /// earlier waiting sends to the same peer and protocol. It is queued
+    /// as one entry if it fits the queue limits (see
+    /// [`Node::send_packed`]), else in parts as room appears (each part
+    /// one entry); when not one message fits and the protocol has nothing
+    /// queued (other protocols or peers fill the queue, or the first
+    /// message alone exceeds the protocol's limit), its messages go one by
+    /// one. Refused whole, with nothing queued, if a message has an
+    /// undefined type or is too large for the peer, or the protocol is not
+    /// shared; a later refusal (the peer disconnected while the batch
+    /// waited) hands back the messages not yet queued.
     pub fn send_packed(
         &mut self,
         node: &mut Node,

@@ -293,9 +293,11 @@ impl Node {
     /// Sends the messages of a [`SendBatch`] to one peer on one protocol,
     /// in order: the cheapest way to send many small messages, as the node
     /// queues the batch as one entry and seals its messages straight from
-    /// its buffer. Waits while the queue is full (backpressure). A refusal
-    /// hands back all of its messages, none of them sent (see
-    /// [`Waiters::send_packed`](devp2p_core::Waiters::send_packed)).
+    /// its buffer. Waits while the queue is full (backpressure), queueing
+    /// the batch in parts as room appears. Refused whole, nothing sent, if
+    /// a message has an undefined type or is too large for the peer; if
+    /// the peer disconnects while it waits, the messages not yet queued
+    /// come back (see [`Waiters::send_packed`](devp2p_core::Waiters::send_packed)).
     pub async fn send_packed(
         &self,
         peer: NodeId,

@@ -36,9 +36,9 @@ pub mod bench;
 pub mod demo;
 
 pub use devp2p_core::{
-    Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath, Keypair,
-    Message, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId, ProtocolMetrics, SendError,
-    UnsentMessage,
+    BatchError, Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath,
+    Keypair, Message, MessageBatch, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId,
+    ProtocolMetrics, SendBatch, SendError, UnsentMessage,
 };
 pub use devp2p_runtime::{DialError, NodeConfig, NodeError};
 pub use handle::{Events, Messages, Node};

@@ -586,8 +586,8 @@ async fn a_stream_dropped_mid_batch_returns_its_credit(ra: Runtime, rb: Runtime)
 
 /// Send batches across runtimes: 40,000 small messages in batches of
 /// 1,000 through a queue that holds about two batches and a 4 KiB window
-/// (the sender waits for room with each batch whole), then a batch larger than the queue
-/// limit (sent message by message), all delivered in order; a refused
+/// (the sender waits for room, queueing each batch in parts), then a batch
+/// larger than the queue limit, all delivered in order; a refused
 /// batch comes back whole with nothing of it delivered.
 async fn send_batches(ra: Runtime, rb: Runtime) {
     const CHAT: ProtocolId = ProtocolId(0);

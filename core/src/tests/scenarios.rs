@@ -296,7 +296,7 @@ fn a_refused_send_batch_queues_nothing_and_comes_back_whole() {
 }
 
 #[test]
-fn a_waiting_send_batch_waits_whole_unless_other_protocols_fill_the_queue() {
+fn a_waiting_send_batch_is_queued_in_parts_as_room_appears() {
     let config = Config { max_queued_per_peer: 1000, ..Config::with_protocols(protocols()) };
     let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
     p.connect(None);
@@ -312,25 +312,33 @@ fn a_waiting_send_batch_waits_whole_unless_other_protocols_fill_the_queue() {
         m.protocols.iter().find(|m| m.protocol == CHAT).map(|m| m.queued_messages).unwrap()
     };
     let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
-    // CHAT holds 600 bytes: a batch of 3 × 200 more must wait, whole.
-    assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 1).is_some());
+    // CHAT holds 600 of the peer's 1,000 bytes: of 3 × 200 more, the first
+    // two are queued and the third waits.
+    assert_eq!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 1), Some((1, Ok(()))));
     assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 2).is_none());
-    assert_eq!(chat_queued(&p), 3);
+    assert_eq!(chat_queued(&p), 5);
     w.retry_sends(&mut p.a, |_, _| panic!("nothing was written yet"));
-    assert_eq!(chat_queued(&p), 3, "still waiting whole");
-    // Once written, it fits and goes whole.
+    assert_eq!(chat_queued(&p), 5, "still waiting");
+    // Once written, the rest fits.
     p.drive();
     let mut done = Vec::new();
     w.retry_sends(&mut p.a, |r, res| done.push((r, res)));
     assert_eq!(done, vec![(2, Ok(()))]);
-    assert_eq!(chat_queued(&p), 3);
+    assert_eq!(chat_queued(&p), 1);
     p.drive();
+    let got: Vec<u8> = messages(&p.take_events(Side::B)).iter().map(|(_, _, m)| m[0]).collect();
+    assert_eq!(got, vec![0, 1, 2, 0, 1, 2], "in order");
     // Another protocol fills the peer's queue and CHAT holds nothing: the
     // batch's messages go one by one (a protocol with nothing queued may
     // always queue one), instead of waiting for room that may never come.
     p.a.send(&b, BLOCKS, 0, Bytes::from(vec![1u8; 990])).unwrap();
     assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 3).is_none());
     assert_eq!(chat_queued(&p), 1, "the first message, alone");
+    // A message with an undefined type refuses the whole batch.
+    let mut bad = batch(2, 10);
+    bad.push(99, b"no such type");
+    let Some((4, Err(e))) = w.send_packed(&mut p.a, b, BLOCKS, bad, 4) else { panic!("refused at once") };
+    assert_eq!((e.error, e.unsent.len()), (SendError::UnknownMessageType, 3));
 }
 
 #[test]
