@@ -67,6 +67,23 @@ impl MessageBatch {
         MessageBatch { peer, connection, protocol, data, index: Index::Many(index) }
     }
 
+    /// A batch of the messages `msgs` (type, payload) from `peer` on
+    /// `connection` and `protocol`, their payloads copied into one buffer
+    /// (for tests and simulations of code that reads batches).
+    ///
+    /// # Panics
+    /// If the payloads add up to 4 GiB or more.
+    pub fn from_messages<'a>(
+        peer: NodeId,
+        connection: ConnectionId,
+        protocol: ProtocolId,
+        msgs: impl IntoIterator<Item = (u32, &'a [u8])>,
+    ) -> Self {
+        let b: SendBatch = msgs.into_iter().collect();
+        let (data, index) = b.into_parts();
+        MessageBatch { peer, connection, protocol, data, index: Index::Many(index) }
+    }
+
     /// A batch holding the one message `m`.
     pub fn one(m: Message) -> Self {
         MessageBatch {

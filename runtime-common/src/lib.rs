@@ -16,4 +16,4 @@ mod reader;
 
 pub use credit::{CreditShared, Taken};
 pub use handle::{DialError, NodeConfig, NodeError};
-pub use reader::BatchReader;
+pub use reader::{BatchReader, EventReader};

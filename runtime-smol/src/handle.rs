@@ -1,6 +1,5 @@
 //! The public handle of a running node and its event stream.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +10,7 @@ use devp2p_core::{
     BatchError, Broadcast, Bytes, Event, Keypair, Message, MessageBatch, NodeId, PeerAddr, PeerMetrics,
     ProtocolId, SendBatch, SendError,
 };
-use devp2p_runtime::{BatchReader, CreditShared, DialError, NodeConfig, NodeError, Taken};
+use devp2p_runtime::{BatchReader, CreditShared, DialError, EventReader, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpListener;
@@ -27,35 +26,30 @@ use crate::driver::{Command, Driver};
 #[derive(Debug)]
 pub struct Events {
     rx: Receiver<Event>,
-    /// Messages of a batch received and not yet handed out.
-    held: VecDeque<Event>,
-    taken: Taken,
+    /// What was received and not yet handed out.
+    reader: EventReader,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = loop {
-            if let Some(ev) = self.held.pop_front() {
-                break ev;
+        loop {
+            if let Some(ev) = self.reader.pop() {
+                return Some(ev);
             }
             let ev = match self.rx.try_recv() {
                 Ok(ev) => ev,
                 Err(channel::TryRecvError::Empty) => {
                     // About to wait: return the credit of what was taken.
-                    self.taken.flush();
+                    self.reader.flush();
                     self.rx.recv().await.ok()?
                 }
                 Err(channel::TryRecvError::Closed) => return None,
             };
-            match ev {
-                // Handed out as its messages.
-                Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
-                ev => break ev,
+            if let Some(ev) = self.reader.receive(ev) {
+                return Some(ev);
             }
-        };
-        self.taken.event(&ev);
-        Some(ev)
+        }
     }
 
     /// Waits for events and appends up to `limit` of them to `out`; returns
@@ -64,24 +58,8 @@ impl Events {
     pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
         let Some(first) = self.next().await else { return 0 };
         out.push(first);
-        let mut n = 1;
-        while n < limit {
-            let ev = match self.held.pop_front() {
-                Some(ev) => ev,
-                None => match self.rx.try_recv() {
-                    Ok(Event::Messages(b)) => {
-                        self.held.extend(b.into_messages().map(Event::from));
-                        continue;
-                    }
-                    Ok(ev) => ev,
-                    Err(_) => break,
-                },
-            };
-            self.taken.event(&ev);
-            out.push(ev);
-            n += 1;
-        }
-        n
+        let rx = &mut self.rx;
+        1 + self.reader.take_ready(out, limit.saturating_sub(1), || rx.try_recv().ok())
     }
 }
 
@@ -90,10 +68,8 @@ impl Drop for Events {
         // Nobody will read what is left: it is discarded, which consumes
         // it (its flow-control credit goes back).
         self.rx.close();
-        self.held.iter().for_each(|ev| self.taken.event(ev));
-        while let Ok(ev) = self.rx.try_recv() {
-            self.taken.event(&ev);
-        }
+        let rest: Vec<Event> = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        self.reader.discard(rest);
     }
 }
 
@@ -218,7 +194,7 @@ impl Node {
         });
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = smol::spawn(driver.run());
-        let events = Events { rx: ev_rx, held: VecDeque::new(), taken: Taken::new(credit.clone()) };
+        let events = Events { rx: ev_rx, reader: EventReader::new(Taken::new(credit.clone())) };
         let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
         Ok((Node { inner: Arc::new(inner) }, events))
     }

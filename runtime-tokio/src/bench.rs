@@ -98,31 +98,78 @@ pub async fn bulk(bytes: u64, protocols: u16) -> Result<String, String> {
     ))
 }
 
+/// How the 64 B workload's receiver reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receive {
+    /// The protocol's own stream, a batch at a time (`Messages::next_batch`).
+    Batches,
+    /// The protocol's own stream, one typed `Message` per call (`Messages::next`).
+    Messages,
+    /// `Events::next`, one typed `Event::Message` per message.
+    Events,
+}
+
+impl Receive {
+    /// The name `--recv` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Receive::Batches => "batches",
+            Receive::Messages => "messages",
+            Receive::Events => "events",
+        }
+    }
+}
+
 /// 64-byte messages carrying their sequence number, sent in batches of
-/// `batch` (one command per batch) and received as typed events, each
-/// checked in order. `packed`: each message is written into a
+/// `batch` (one command per batch) and received typed, each checked in
+/// order. `packed`: each message is written into a
 /// [`SendBatch`](devp2p_core::SendBatch) (as libp2p's benchmark writes its
 /// messages into a buffered writer); otherwise a batch is a `Vec` of
-/// payload handles on one buffer. Returns messages/s.
-pub async fn messages(count: u64, batch: usize, packed: bool) -> Result<String, String> {
-    let (a, _ea, b, _eb) = pair().await?;
+/// payload handles on one buffer. `recv` says how they are read. Returns
+/// messages/s.
+pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> Result<String, String> {
+    let (a, _ea, b, mut eb) = pair().await?;
     let mut stream = b.messages(ProtocolId(0)).await;
+    if recv == Receive::Events {
+        // Its messages go to `Events` once the stream is dropped.
+        drop(stream);
+        stream = b.messages(ProtocolId(1)).await;
+    }
     connect(&a, &b).await?;
     let peer = b.node_id();
     let t = Instant::now();
+    fn check(got: u64, payload: &[u8]) -> Result<(), String> {
+        let seq = u64::from_le_bytes(payload[..8].try_into().map_err(|_| "short message")?);
+        if seq != got || payload.len() != 64 {
+            return Err(format!("message {got} arrived as {seq}"));
+        }
+        Ok(())
+    }
     let rx = tokio::spawn(async move {
         let mut got = 0u64;
         while got < count {
-            let batch = stream.next_batch().await.ok_or("stream ended")?;
-            for (_, payload) in &batch {
-                let seq = u64::from_le_bytes(payload[..8].try_into().map_err(|_| "short message")?);
-                if seq != got || payload.len() != 64 {
-                    return Err(format!("message {got} arrived as {seq}"));
+            match recv {
+                Receive::Events => {
+                    if let Event::Message { payload, .. } = eb.next().await.ok_or("events ended")? {
+                        check(got, &payload)?;
+                        got += 1;
+                    }
                 }
-                got += 1;
+                Receive::Messages => {
+                    let m = stream.next().await.ok_or("stream ended")?;
+                    check(got, &m.payload)?;
+                    got += 1;
+                }
+                Receive::Batches => {
+                    let batch = stream.next_batch().await.ok_or("stream ended")?;
+                    for (_, payload) in &batch {
+                        check(got, payload)?;
+                        got += 1;
+                    }
+                }
             }
         }
-        Ok(got)
+        Ok::<u64, String>(got)
     });
     let mut seq = 0u64;
     while packed && seq < count {
@@ -154,8 +201,9 @@ pub async fn messages(count: u64, batch: usize, packed: bool) -> Result<String, 
     a.shutdown().await;
     b.shutdown().await;
     Ok(format!(
-        "{{\"bench\":\"msgs\",\"messages\":{msgs},\"batch\":{batch},\"send\":\"{}\",\"secs\":{s:.3},\"msgs_per_sec\":{:.0}}}",
+        "{{\"bench\":\"msgs\",\"messages\":{msgs},\"batch\":{batch},\"send\":\"{}\",\"recv\":\"{}\",\"secs\":{s:.3},\"msgs_per_sec\":{:.0}}}",
         if packed { "packed" } else { "handles" },
+        recv.name(),
         msgs as f64 / s
     ))
 }

@@ -1,6 +1,5 @@
 //! The public handle of a running node and its event stream.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +10,7 @@ use devp2p_core::{
     BatchError, Broadcast, Bytes, Event, Keypair, Message, MessageBatch, NodeId, PeerMetrics, ProtocolId,
     SendBatch, SendError,
 };
-use devp2p_runtime::{BatchReader, CreditShared, DialError, NodeConfig, NodeError, Taken};
+use devp2p_runtime::{BatchReader, CreditShared, DialError, EventReader, NodeConfig, NodeError, Taken};
 use rand_core::OsRng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -28,64 +27,40 @@ use devp2p_core::PeerAddr;
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::Receiver<Event>,
-    /// Messages of a batch received and not yet handed out.
-    held: VecDeque<Event>,
-    taken: Taken,
+    /// What was received and not yet handed out.
+    reader: EventReader,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = loop {
-            if let Some(ev) = self.held.pop_front() {
-                break ev;
+        loop {
+            if let Some(ev) = self.reader.pop() {
+                return Some(ev);
             }
             let ev = match self.rx.try_recv() {
                 Ok(ev) => ev,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // About to wait: return the credit of what was taken.
-                    self.taken.flush();
+                    self.reader.flush();
                     self.rx.recv().await?
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
             };
-            match ev {
-                // Handed out as its messages.
-                Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
-                ev => break ev,
+            if let Some(ev) = self.reader.receive(ev) {
+                return Some(ev);
             }
-        };
-        self.taken.event(&ev);
-        Some(ev)
+        }
     }
 
     /// Waits for events and appends up to `limit` of them to `out`; returns
     /// how many (0 once the node has stopped). Cheaper per event than
     /// [`next`](Self::next) when many arrive.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>, limit: usize) -> usize {
-        let (start, limit) = (out.len(), limit.max(1));
-        while self.held.is_empty() {
-            if self.rx.is_empty() {
-                self.taken.flush();
-            }
-            if self.rx.recv_many(out, limit).await == 0 {
-                return 0;
-            }
-            if !out[start..].iter().any(|ev| matches!(ev, Event::Messages(_))) {
-                break;
-            }
-            // Batches are handed out as their messages, `limit` at most.
-            for ev in out.drain(start..).collect::<Vec<_>>() {
-                match ev {
-                    Event::Messages(b) => self.held.extend(b.into_messages().map(Event::from)),
-                    ev => self.held.push_back(ev),
-                }
-            }
-        }
-        let more = limit - (out.len() - start);
-        out.extend(self.held.drain(..more.min(self.held.len())));
-        out[start..].iter().for_each(|ev| self.taken.event(ev));
-        out.len() - start
+        let Some(first) = self.next().await else { return 0 };
+        out.push(first);
+        let rx = &mut self.rx;
+        1 + self.reader.take_ready(out, limit.saturating_sub(1), || rx.try_recv().ok())
     }
 }
 
@@ -94,10 +69,8 @@ impl Drop for Events {
         // Nobody will read what is left: it is discarded, which consumes
         // it (its flow-control credit goes back).
         self.rx.close();
-        self.held.iter().for_each(|ev| self.taken.event(ev));
-        while let Ok(ev) = self.rx.try_recv() {
-            self.taken.event(&ev);
-        }
+        let rest: Vec<Event> = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        self.reader.discard(rest);
     }
 }
 
@@ -222,7 +195,7 @@ impl Node {
         });
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = tokio::spawn(driver.run());
-        let events = Events { rx: ev_rx, held: VecDeque::new(), taken: Taken::new(credit.clone()) };
+        let events = Events { rx: ev_rx, reader: EventReader::new(Taken::new(credit.clone())) };
         let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
         Ok((Node { inner: Arc::new(inner) }, events))
     }

@@ -58,6 +58,12 @@ enum Cmd {
         /// (a `Vec` of payload handles on one buffer, sent with `send_batch`).
         #[arg(long, default_value = "packed")]
         send: String,
+        /// How the 64 B workload receives: `batches` (the protocol's own
+        /// stream, a batch at a time), `messages` (the same stream, one
+        /// typed message per call) or `events` (`Events::next`, one typed
+        /// event per message).
+        #[arg(long, default_value = "batches")]
+        recv: String,
         /// Round trips measured for the RTT workload (after 1,000 warm-up
         /// round trips; libp2p-bench's shape).
         #[arg(long, default_value_t = 20_000)]
@@ -101,16 +107,18 @@ async fn main() {
     let result = match cli.command {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
-        Cmd::Bench { only, bulk_bytes, messages, batch, send, rounds, connections } => {
+        Cmd::Bench { only, bulk_bytes, messages, batch, send, recv, rounds, connections } => {
+            use devp2p_tokio::bench::Receive;
             let packed = match send.as_str() {
                 "packed" => true,
                 "handles" => false,
-                other => {
-                    eprintln!("error: --send is packed or handles, not {other}");
-                    std::process::exit(2);
-                }
+                other => usage(&format!("--send is packed or handles, not {other}")),
             };
-            bench(only.as_deref(), bulk_bytes, (messages, batch, packed), rounds, connections).await
+            let recv = [Receive::Batches, Receive::Messages, Receive::Events]
+                .into_iter()
+                .find(|r| r.name() == recv)
+                .unwrap_or_else(|| usage(&format!("--recv is batches, messages or events, not {recv}")));
+            bench(only.as_deref(), bulk_bytes, (messages, batch, packed, recv), rounds, connections).await
         }
         Cmd::Demo { nodes } => devp2p_tokio::demo::run(nodes).await.and_then(|s| {
             if s.corrupt == 0 && s.received == s.sent {
@@ -126,10 +134,16 @@ async fn main() {
     }
 }
 
+/// Reports a bad command line and exits.
+fn usage(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2);
+}
+
 async fn bench(
     only: Option<&str>,
     bulk: u64,
-    (messages, batch, packed): (u64, usize, bool),
+    (messages, batch, packed, recv): (u64, usize, bool, devp2p_tokio::bench::Receive),
     rounds: usize,
     connections: usize,
 ) -> Result<(), String> {
@@ -151,7 +165,7 @@ async fn bench(
         spawned(bench::bulk(bulk, 8)).await?;
     }
     if run("msgs") {
-        spawned(bench::messages(messages, batch, packed)).await?;
+        spawned(bench::messages(messages, batch, packed, recv)).await?;
     }
     if run("rtt") {
         spawned(bench::rtt(rounds)).await?;
