@@ -184,10 +184,65 @@ impl MessageBatch {
     }
 
     /// The messages in order, each a [`Message`] of its own.
-    pub fn into_messages(self) -> impl Iterator<Item = Message> {
-        (0..self.len()).filter_map(move |i| self.message(i))
+    pub fn into_messages(self) -> MessageBatchIntoIter {
+        MessageBatchIntoIter { batch: self, next: 0, start: 0 }
     }
 }
+
+impl IntoIterator for MessageBatch {
+    type Item = Message;
+    type IntoIter = MessageBatchIntoIter;
+
+    fn into_iter(self) -> MessageBatchIntoIter {
+        self.into_messages()
+    }
+}
+
+/// The messages of a [`MessageBatch`] taken one at a time, each a
+/// [`Message`] of its own (its payload a handle on the batch's buffer).
+#[derive(Debug, Clone)]
+pub struct MessageBatchIntoIter {
+    batch: MessageBatch,
+    /// The next message's index.
+    next: usize,
+    /// Where its payload starts.
+    start: usize,
+}
+
+impl MessageBatchIntoIter {
+    /// The messages not taken yet, as a batch sharing the buffer.
+    pub fn rest(self) -> MessageBatch {
+        let mut b = self.batch;
+        b.split_off(self.next)
+    }
+}
+
+impl Iterator for MessageBatchIntoIter {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        let b = &self.batch;
+        let (msg_type, end) = match &b.index {
+            Index::One(t) if self.next == 0 => (*t, b.data.len()),
+            Index::One(_) => return None,
+            Index::Many(v) => {
+                let &(t, end) = v.get(self.next)?;
+                (t, end as usize)
+            }
+        };
+        let payload = b.data.slice(self.start..end);
+        self.start = end;
+        self.next += 1;
+        Some(Message { peer: b.peer, connection: b.connection, protocol: b.protocol, msg_type, payload })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.batch.len().saturating_sub(self.next);
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for MessageBatchIntoIter {}
 
 /// The messages of a [`MessageBatch`], as (type, payload).
 #[derive(Debug, Clone)]
@@ -360,5 +415,39 @@ impl<'a> FromIterator<(u32, &'a [u8])> for SendBatch {
             b.push(t, p);
         }
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn messages_taken_one_by_one_leave_the_rest_as_a_batch() {
+        let (peer, connection, protocol) = (NodeId([1; 32]), ConnectionId(2), ProtocolId(3));
+        let payloads: [&[u8]; 4] = [b"a", b"", b"ccc", b"dd"];
+        let b = MessageBatch::from_messages(
+            peer,
+            connection,
+            protocol,
+            payloads.iter().enumerate().map(|(i, p)| (i as u32, *p)),
+        );
+        let mut it = b.clone().into_messages();
+        assert_eq!(it.len(), 4);
+        let first: Vec<Message> = it.by_ref().take(2).collect();
+        assert_eq!(first, vec![b.message(0).unwrap(), b.message(1).unwrap()]);
+        let rest = it.clone().rest();
+        assert_eq!(rest.iter().collect::<Vec<_>>(), vec![(2, &b"ccc"[..]), (3, &b"dd"[..])]);
+        assert_eq!(
+            it.map(|m| (m.msg_type, m.payload)).collect::<Vec<_>>(),
+            vec![(2, Bytes::from_static(b"ccc")), (3, Bytes::from_static(b"dd"))]
+        );
+        // A batch of one.
+        let m = b.message(2).unwrap();
+        let mut one = MessageBatch::one(m.clone()).into_iter();
+        assert_eq!(one.next(), Some(m));
+        assert_eq!(one.next(), None);
+        assert!(one.rest().is_empty());
     }
 }

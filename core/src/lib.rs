@@ -85,7 +85,7 @@ mod tests;
 pub mod fuzzing;
 
 pub use addr::{ParseAddrError, PeerAddr};
-pub use batch::{MessageBatch, MessageBatchIter, SendBatch};
+pub use batch::{MessageBatch, MessageBatchIntoIter, MessageBatchIter, SendBatch};
 pub use bytes::{self, Bytes};
 pub use config::{Config, MAX_RECORD_PLAINTEXT};
 pub use connection::ConnectionId;

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use devp2p_core::{Event, Message, MessageBatch};
+use devp2p_core::{Event, Message, MessageBatch, MessageBatchIntoIter};
 
 use crate::credit::Taken;
 
@@ -13,8 +13,8 @@ use crate::credit::Taken;
 /// application took (see [`Taken`]).
 #[derive(Debug)]
 pub struct BatchReader {
-    /// The batch being read, and how many of its messages were read.
-    current: Option<(MessageBatch, usize)>,
+    /// The batch being read, from its next message on.
+    current: Option<MessageBatchIntoIter>,
     taken: Taken,
 }
 
@@ -26,9 +26,7 @@ impl BatchReader {
 
     /// The next message of the batch being read, if one is left.
     pub fn message(&mut self) -> Option<Message> {
-        let (b, read) = self.current.as_mut()?;
-        let m = b.message(*read)?;
-        *read += 1;
+        let m = self.current.as_mut()?.next()?;
         self.taken.message(&m);
         Some(m)
     }
@@ -38,13 +36,12 @@ impl BatchReader {
     /// an unread rest would be discarded (counted as consumed).
     pub fn start(&mut self, b: MessageBatch) {
         let _ = self.rest();
-        self.current = Some((b, 0));
+        self.current = Some(b.into_messages());
     }
 
     /// The unread rest of the batch being read, if any is left.
     pub fn rest(&mut self) -> Option<MessageBatch> {
-        let (mut b, read) = self.current.take()?;
-        let rest = b.split_off(read);
+        let rest = self.current.take()?.rest();
         (!rest.is_empty()).then(|| self.take(rest))
     }
 
@@ -73,41 +70,41 @@ impl BatchReader {
 /// arrives), and notes of what the application took (see [`Taken`]).
 #[derive(Debug)]
 pub struct EventReader {
+    /// The batch being handed out, from its next message on; before
+    /// everything in `held`.
+    current: Option<MessageBatchIntoIter>,
     held: VecDeque<Event>,
-    /// Messages of the first held event (a batch) already handed out.
-    read: usize,
     taken: Taken,
 }
 
 impl EventReader {
     /// A reader whose notes go to `taken`.
     pub fn new(taken: Taken) -> Self {
-        EventReader { held: VecDeque::new(), read: 0, taken }
+        EventReader { current: None, held: VecDeque::new(), taken }
     }
 
     /// The next held event, noted as taken; `None` if none is held.
     pub fn pop(&mut self) -> Option<Event> {
         loop {
-            if let Event::Messages(b) = self.held.front()? {
-                if let Some(m) = b.message(self.read) {
-                    self.read += 1;
-                    self.taken.message(&m);
-                    return Some(Event::from(m));
-                }
-                self.held.pop_front();
-                self.read = 0;
-                continue;
+            if let Some(m) = self.current.as_mut().and_then(Iterator::next) {
+                self.taken.message(&m);
+                return Some(Event::from(m));
             }
-            let ev = self.held.pop_front()?;
-            self.taken.event(&ev);
-            return Some(ev);
+            self.current = None;
+            match self.held.pop_front()? {
+                Event::Messages(b) => self.current = Some(b.into_messages()),
+                ev => {
+                    self.taken.event(&ev);
+                    return Some(ev);
+                }
+            }
         }
     }
 
     /// Takes a received event: handed out at once (noted as taken) if
     /// nothing is held and it is not a batch, else held behind the rest.
     pub fn receive(&mut self, ev: Event) -> Option<Event> {
-        if self.held.is_empty() && !matches!(ev, Event::Messages(_)) {
+        if self.current.is_none() && self.held.is_empty() && !matches!(ev, Event::Messages(_)) {
             self.taken.event(&ev);
             return Some(ev);
         }
@@ -150,10 +147,9 @@ impl EventReader {
     /// Discards what is held and `more` (the stream is dropped): their
     /// messages count as consumed.
     pub fn discard(&mut self, more: impl IntoIterator<Item = Event>) {
-        if let Some(Event::Messages(b)) = self.held.front_mut() {
-            *b = b.split_off(self.read);
+        if let Some(rest) = self.current.take().map(MessageBatchIntoIter::rest) {
+            self.taken.batch(&rest);
         }
-        self.read = 0;
         for ev in self.held.drain(..).chain(more) {
             self.taken.event(&ev);
         }
