@@ -117,11 +117,7 @@ impl MessageBatch {
     fn range(&self, i: usize) -> Option<(u32, core::ops::Range<usize>)> {
         match &self.index {
             Index::One(t) => (i == 0).then(|| (*t, 0..self.data.len())),
-            Index::Many(v) => {
-                let &(t, end) = v.get(i)?;
-                let start = i.checked_sub(1).map_or(0, |p| v[p].1 as usize);
-                Some((t, start..end as usize))
-            }
+            Index::Many(v) => entry_range(v, i),
         }
     }
 
@@ -148,10 +144,8 @@ impl MessageBatch {
             }
             Index::One(_) => (Bytes::new(), Index::Many(Vec::new())),
             Index::Many(v) => {
-                let at = at.min(v.len());
-                let start = at.checked_sub(1).map_or(0, |p| v[p].1);
-                let rest = v.split_off(at).into_iter().map(|(t, end)| (t, end - start)).collect();
-                (self.data.split_off(start as usize), Index::Many(rest))
+                let (start, rest) = split_entries(v, at);
+                (self.data.split_off(start), Index::Many(rest))
             }
         };
         let (peer, connection, protocol) = from;
@@ -278,6 +272,25 @@ impl<'a> IntoIterator for &'a MessageBatch {
     }
 }
 
+/// Message `i`'s type and payload range in an index of (type, end) entries,
+/// as batches keep them (payloads back to back, each ending where the next
+/// starts).
+pub(crate) fn entry_range(entries: &[(u32, u32)], i: usize) -> Option<(u32, core::ops::Range<usize>)> {
+    let &(t, end) = entries.get(i)?;
+    let start = i.checked_sub(1).map_or(0, |p| entries[p].1);
+    Some((t, start as usize..end as usize))
+}
+
+/// Splits an index of (type, end) entries at message `at`: `entries` keeps
+/// those before it; returns where the rest's payloads start and the rest,
+/// its ends counted from there.
+fn split_entries(entries: &mut Vec<(u32, u32)>, at: usize) -> (usize, Vec<(u32, u32)>) {
+    let at = at.min(entries.len());
+    let start = at.checked_sub(1).map_or(0, |p| entries[p].1);
+    let rest = entries.split_off(at).into_iter().map(|(t, end)| (t, end - start)).collect();
+    (start as usize, rest)
+}
+
 /// Small messages for one peer and protocol, written back to back into one
 /// buffer to be sent together: the sending counterpart of
 /// [`MessageBatch`]. The node queues the batch as one entry and seals its
@@ -326,10 +339,8 @@ impl SendBatch {
     /// Splits the batch in two at message `at`: `self` keeps the messages
     /// before it, the rest are returned (empty if `at >= len`).
     pub fn split_off(&mut self, at: usize) -> SendBatch {
-        let at = at.min(self.ends.len());
-        let start = at.checked_sub(1).map_or(0, |p| self.ends[p].1);
-        let ends = self.ends.split_off(at).into_iter().map(|(t, end)| (t, end - start)).collect();
-        SendBatch { data: self.data.split_off(start as usize), ends }
+        let (start, ends) = split_entries(&mut self.ends, at);
+        SendBatch { data: self.data.split_off(start), ends }
     }
 
     /// How many of the first messages have at most `bytes` payload bytes
@@ -355,9 +366,8 @@ impl SendBatch {
 
     /// Message `i`'s type and payload.
     pub fn get(&self, i: usize) -> Option<(u32, &[u8])> {
-        let &(t, end) = self.ends.get(i)?;
-        let start = i.checked_sub(1).map_or(0, |p| self.ends[p].1);
-        Some((t, &self.data[start as usize..end as usize]))
+        let (t, r) = entry_range(&self.ends, i)?;
+        Some((t, &self.data[r]))
     }
 
     /// The messages in order, as (type, payload).
@@ -381,14 +391,7 @@ impl SendBatch {
     /// shared buffer (how a refused batch is handed back).
     pub fn into_messages(self) -> Vec<(u32, Bytes)> {
         let (data, ends) = self.into_parts();
-        let mut start = 0usize;
-        ends.into_iter()
-            .map(|(t, end)| {
-                let payload = data.slice(start..end as usize);
-                start = end as usize;
-                (t, payload)
-            })
-            .collect()
+        (0..ends.len()).filter_map(|i| entry_range(&ends, i)).map(|(t, r)| (t, data.slice(r))).collect()
     }
 
     /// The frozen buffer and the (type, end) index.

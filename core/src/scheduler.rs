@@ -42,8 +42,8 @@ impl Outgoing {
     /// Moves the next packed message to the head. False if none is left.
     fn load_next(&mut self) -> bool {
         let Some(p) = self.more.as_deref_mut() else { return false };
-        let Some(&(msg_type, end)) = p.ends.get(p.next) else { return false };
-        self.payload = p.data.slice(p.start(p.next)..end as usize);
+        let Some((msg_type, range)) = crate::batch::entry_range(&p.ends, p.next) else { return false };
+        self.payload = p.data.slice(range);
         self.msg_type = msg_type;
         self.offset = 0;
         self.seq = p.seq + p.next as u64;
@@ -59,19 +59,24 @@ impl Outgoing {
 /// queued in one [`Outgoing`] entry.
 pub(crate) struct Packed {
     /// The payloads, back to back.
-    pub(crate) data: Bytes,
+    data: Bytes,
     /// Each message's type and where its payload ends in `data`.
-    pub(crate) ends: Vec<(u32, u32)>,
+    ends: Vec<(u32, u32)>,
     /// The first message not yet moved to the entry's head.
-    pub(crate) next: usize,
+    next: usize,
     /// The acceptance order of message 0.
     seq: u64,
 }
 
 impl Packed {
-    /// Where message `i`'s payload starts in `data`.
-    pub(crate) fn start(&self, i: usize) -> usize {
-        i.checked_sub(1).map_or(0, |p| self.ends[p].1 as usize)
+    /// The messages not yet moved to the entry's head, as (type, payload).
+    pub(crate) fn rest(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        let mut start = self.next.checked_sub(1).map_or(0, |p| self.ends[p].1 as usize);
+        self.ends[self.next..].iter().map(move |&(t, end)| {
+            let payload = &self.data[start..end as usize];
+            start = end as usize;
+            (t, payload)
+        })
     }
 }
 
@@ -321,22 +326,22 @@ impl Scheduler {
     /// (packed ones each an entry of its own, without `more`).
     pub(crate) fn take_all(&mut self) -> Vec<Outgoing> {
         let mut all: Vec<Outgoing> = Vec::new();
-        for m in self.channels.iter_mut().flat_map(|c| c.queue.drain(..)) {
-            let mut m = m;
-            let more = m.more.take();
-            let (channel, protocol) = (m.channel, m.protocol);
-            all.push(m);
-            if let Some(p) = more {
-                all.extend((p.next..p.ends.len()).map(|i| Outgoing {
-                    channel,
-                    protocol,
-                    msg_type: p.ends[i].0,
-                    payload: p.data.slice(p.start(i)..p.ends[i].1 as usize),
-                    offset: 0,
-                    seq: p.seq + i as u64,
+        for mut m in self.channels.iter_mut().flat_map(|c| c.queue.drain(..)) {
+            // A packed entry gives its head, then moves the next one up.
+            while m.more.is_some() {
+                let head = Outgoing {
+                    channel: m.channel,
+                    protocol: m.protocol,
+                    msg_type: m.msg_type,
+                    payload: m.payload.clone(),
+                    offset: m.offset,
+                    seq: m.seq,
                     more: None,
-                }));
+                };
+                m.load_next();
+                all.push(head);
             }
+            all.push(m);
         }
         all.sort_by_key(|m| m.seq);
         for c in &mut self.channels {

@@ -251,13 +251,21 @@ impl Session {
             longest = longest.max(payload.len());
             top_type = top_type.max(*msg_type);
         }
-        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
         (top_type < ch.shared.message_count
             && longest as u64 <= self.peer_max_message
-            && self.queued_bytes + total <= node.max_per_peer
-            && *node.queued + total <= node.max
-            && protocol_queued + total <= self.max_queued_per_protocol)
-            .then_some((channel, total))
+            && self.room(channel, node).is_some_and(|room| total <= room))
+        .then_some((channel, total))
+    }
+
+    /// Payload bytes that may still be queued on `channel` (shared, not 0)
+    /// within the protocol's, the peer's and the node's queue limits;
+    /// `None` if one of them is already exceeded (by the message a protocol
+    /// with nothing queued may always queue).
+    fn room(&self, channel: u32, node: &NodeQueue<'_>) -> Option<usize> {
+        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
+        let peer = node.max_per_peer.checked_sub(self.queued_bytes)?;
+        let all = node.max.checked_sub(*node.queued)?;
+        Some(peer.min(all).min(self.max_queued_per_protocol.checked_sub(protocol_queued)?))
     }
 
     /// Queues the messages of `batch` on `protocol` as one entry. Refused
@@ -289,15 +297,13 @@ impl Session {
         if longest as u64 > self.peer_max_message {
             return Err((E::MessageTooLarge, batch));
         }
-        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
-        let room = node
-            .max_per_peer
-            .saturating_sub(self.queued_bytes)
-            .min(node.max.saturating_sub(*node.queued))
-            .min(self.max_queued_per_protocol.saturating_sub(protocol_queued));
+        let room = self.room(channel, node);
         let mut rest = None;
-        if batch.payload_bytes() > room {
-            let fit = if prefix { batch.messages_within(room) } else { 0 };
+        if room.is_none_or(|room| batch.payload_bytes() > room) {
+            let fit = match room {
+                Some(room) if prefix => batch.messages_within(room),
+                _ => 0,
+            };
             if fit == 0 {
                 return Err((E::QueueFull, batch));
             }
@@ -584,12 +590,10 @@ impl Session {
                     }
                     // The rest of a send batch, straight from its buffer.
                     if let Some(p) = &m.more {
-                        let mut start = p.start(p.next);
-                        for &(msg_type, end) in &p.ends[p.next..] {
-                            if !run.put(buf, m.channel, msg_type, &p.data[start..end as usize]) {
+                        for (msg_type, payload) in p.rest() {
+                            if !run.put(buf, m.channel, msg_type, payload) {
                                 break 'queue;
                             }
-                            start = end as usize;
                         }
                     }
                 }

@@ -6,14 +6,18 @@
 //!   same API shape;
 //! * flow-control credit returned from the application's readers to the
 //!   driver task ([`CreditShared`], [`Taken`]), for a core run with
-//!   [`Config::manual_consume`](devp2p_core::Config::manual_consume).
+//!   [`Config::manual_consume`](devp2p_core::Config::manual_consume);
+//! * the reading side of their streams ([`BatchReader`], [`EventReader`]),
+//!   and how many transmit buffers a writer holds ([`WriterBacklog`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod credit;
 mod handle;
 mod reader;
+mod writer;
 
 pub use credit::{CreditShared, Taken};
 pub use handle::{DialError, NodeConfig, NodeError};
 pub use reader::{BatchReader, EventReader};
+pub use writer::{WriterBacklog, WRITE_DEPTH};

@@ -8,7 +8,7 @@ use devp2p_core::{
     BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, MessageBatch,
     NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, SendBatch, Waiters,
 };
-use devp2p_runtime::{CreditShared, DialError};
+use devp2p_runtime::{CreditShared, DialError, WriterBacklog};
 use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
@@ -86,15 +86,8 @@ struct ConnIo {
     /// Kept to linger on after the close (see `Sink::close`).
     stream: TcpStream,
     /// Buffers handed to the writer and not written yet.
-    queued: usize,
-    /// The core waits for `handle_written`: the writer held
-    /// [`WRITE_DEPTH`] buffers when it got the last one.
-    owed: bool,
+    backlog: WriterBacklog,
 }
-
-/// Buffers a connection's writer may hold: while it writes one, the core
-/// seals the next.
-const WRITE_DEPTH: usize = 2;
 
 /// How long a closed connection's writer may take to flush its last bytes.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
@@ -440,7 +433,13 @@ impl Driver {
         });
         self.conns.insert(
             id,
-            ConnIo { stream: kept, writer: wtx, writer_task, _reader: reader, queued: 0, owed: false },
+            ConnIo {
+                stream: kept,
+                writer: wtx,
+                writer_task,
+                _reader: reader,
+                backlog: WriterBacklog::default(),
+            },
         );
     }
 
@@ -471,11 +470,8 @@ impl Driver {
             Input::Data(id, mut buf) => self.core.handle_input(id, &mut buf, now),
             Input::Eof(id) => self.core.handle_close(id, now),
             Input::Written(id, mut buf) => {
-                if let Some(io) = self.conns.get_mut(&id) {
-                    io.queued -= 1;
-                    if std::mem::take(&mut io.owed) {
-                        self.core.handle_written(id, now);
-                    }
+                if self.conns.get_mut(&id).is_some_and(|io| io.backlog.written()) {
+                    self.core.handle_written(id, now);
                 }
                 if self.spare.len() < 64 {
                     buf.clear();
@@ -529,9 +525,7 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
     fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
         let Some(io) = self.conns.get_mut(&id) else { return Err(buf) };
         io.writer.try_send(buf).map_err(channel::TrySendError::into_inner)?;
-        io.queued += 1;
-        io.owed = io.queued >= WRITE_DEPTH;
-        Ok(!io.owed)
+        Ok(io.backlog.handed())
     }
 
     fn close(&mut self, id: ConnectionId) {

@@ -11,7 +11,7 @@ use devp2p_core::{
     BatchError, Broadcast, Bytes, ConnectionId, Consumed, DisconnectReason, Event, Message, MessageBatch,
     NodeId, Outputs, PeerAddr, PeerMetrics, ProtocolId, SendBatch, Waiters,
 };
-use devp2p_runtime::{CreditShared, DialError};
+use devp2p_runtime::{CreditShared, DialError, WriterBacklog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -101,15 +101,8 @@ struct ConnIo {
     writer: mpsc::UnboundedSender<Vec<u8>>,
     writer_task: JoinHandle<()>,
     /// Buffers handed to the writer and not written yet.
-    queued: usize,
-    /// The core waits for `handle_written`: the writer held
-    /// [`WRITE_DEPTH`] buffers when it got the last one.
-    owed: bool,
+    backlog: WriterBacklog,
 }
-
-/// Buffers a connection's writer may hold: while it writes one, the core
-/// seals the next.
-const WRITE_DEPTH: usize = 2;
 
 /// How long a closed connection's writer may take to flush its last bytes.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
@@ -491,8 +484,10 @@ impl Driver {
         let (ready, waker) = self.ready.waker(id);
         // Poll the socket once, which registers its waker.
         std::task::Wake::wake_by_ref(&ready);
-        self.conns
-            .insert(id, ConnIo { stream, ready, waker, writer: wtx, writer_task, queued: 0, owed: false });
+        self.conns.insert(
+            id,
+            ConnIo { stream, ready, waker, writer: wtx, writer_task, backlog: WriterBacklog::default() },
+        );
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -521,11 +516,8 @@ impl Driver {
             }
             Input::Eof(id) => self.core.handle_close(id, now),
             Input::Written(id, mut buf) => {
-                if let Some(io) = self.conns.get_mut(&id) {
-                    io.queued -= 1;
-                    if std::mem::take(&mut io.owed) {
-                        self.core.handle_written(id, now);
-                    }
+                if self.conns.get_mut(&id).is_some_and(|io| io.backlog.written()) {
+                    self.core.handle_written(id, now);
                 }
                 if self.spare.len() < 64 {
                     buf.clear();
@@ -634,9 +626,7 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
     fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
         let Some(io) = self.conns.get_mut(&id) else { return Err(buf) };
         io.writer.send(buf).map_err(|e| e.0)?;
-        io.queued += 1;
-        io.owed = io.queued >= WRITE_DEPTH;
-        Ok(!io.owed)
+        Ok(io.backlog.handed())
     }
 
     fn close(&mut self, id: ConnectionId) {
