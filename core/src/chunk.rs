@@ -157,7 +157,12 @@ pub(crate) fn push_whole_header(out: &mut alloc::vec::Vec<u8>, channel: u64, msg
             let l = (len as u16 | 0x4000).to_be_bytes();
             [TAG_DATA | FLAG_FIRST | FLAG_LAST, channel as u8, msg_type as u8, l[0], l[1]]
         };
-        out.extend_from_slice(&h[..if len < 64 { 4 } else { 5 }]);
+        // Five bytes, the last dropped for a one-byte length: a fixed-size
+        // copy is one store, a variable-size one a call to `memcpy`.
+        out.extend_from_slice(&h);
+        if len < 64 {
+            out.pop();
+        }
         return;
     }
     out.push(TAG_DATA | FLAG_FIRST | FLAG_LAST);

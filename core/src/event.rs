@@ -132,6 +132,7 @@ pub enum Event {
 }
 
 impl From<Message> for Event {
+    #[inline]
     fn from(m: Message) -> Self {
         Event::Message {
             peer: m.peer,

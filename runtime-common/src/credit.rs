@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devp2p_core::{ConnectionId, Consumed, Event, Message, MessageBatch, ProtocolId, MESSAGE_OVERHEAD};
+use devp2p_core::{ConnectionId, Consumed, Event, MessageBatch, ProtocolId, MESSAGE_OVERHEAD};
 
 /// Notes are handed over at this flow-control cost, or before the reader waits.
 const FLUSH_AT: u64 = 64 << 10;
@@ -68,9 +68,10 @@ impl Taken {
         }
     }
 
-    /// Notes a message the application took.
-    pub fn message(&mut self, m: &Message) {
-        self.note(m.connection, m.protocol, 1, m.payload.len() as u64);
+    /// Notes `messages` messages of `bytes` payload bytes in all that the
+    /// application took from `connection` on `protocol`.
+    pub fn messages(&mut self, connection: ConnectionId, protocol: ProtocolId, messages: u64, bytes: u64) {
+        self.note(connection, protocol, messages, bytes);
     }
 
     /// Notes a batch of messages the application took.
@@ -125,7 +126,6 @@ impl Drop for Taken {
 mod tests {
     use super::*;
     use core::sync::atomic::{AtomicUsize, Ordering};
-    use devp2p_core::{NodeId, ProtocolId};
 
     #[test]
     fn notes_are_batched_and_the_driver_is_woken_once_per_batch() {
@@ -136,18 +136,12 @@ mod tests {
         });
         let mut a = Taken::new(shared.clone());
         let mut b = Taken::new(shared.clone());
-        let m = |len| Message {
-            peer: NodeId([1; 32]),
-            connection: ConnectionId(3),
-            protocol: ProtocolId(2),
-            msg_type: 0,
-            payload: vec![0; len].into(),
-        };
-        a.message(&m(100));
+        let m = |t: &mut Taken, len| t.messages(ConnectionId(3), ProtocolId(2), 1, len);
+        m(&mut a, 100);
         assert_eq!(wakes.load(Ordering::Relaxed), 0, "small notes wait");
-        a.message(&m(70_000));
+        m(&mut a, 70_000);
         assert_eq!(wakes.load(Ordering::Relaxed), 1, "a large batch goes at once");
-        b.message(&m(5));
+        m(&mut b, 5);
         b.flush();
         assert_eq!(wakes.load(Ordering::Relaxed), 1, "the driver has not taken the first batch yet");
         let mut expect = Consumed::default();
@@ -156,7 +150,7 @@ mod tests {
         }
         assert_eq!(shared.take(), expect);
         drop(a);
-        b.message(&m(1));
+        m(&mut b, 1);
         drop(b);
         assert_eq!(wakes.load(Ordering::Relaxed), 2);
         assert_eq!(shared.take().pending(), 1 + MESSAGE_OVERHEAD);

@@ -3,10 +3,50 @@
 //! receives the batches).
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
 
-use devp2p_core::{Event, Message, MessageBatch, MessageBatchIntoIter};
+use devp2p_core::{ConnectionId, Event, Message, MessageBatch, MessageBatchIntoIter, ProtocolId};
 
 use crate::credit::Taken;
+
+/// A batch being read one message at a time, and how much of it has been
+/// noted as taken. Messages handed out are noted together (when the batch
+/// is used up, or the reader flushes or stops), not one by one: the
+/// driver only hears of them when the reader flushes anyway.
+#[derive(Debug)]
+struct Reading {
+    messages: MessageBatchIntoIter,
+    connection: ConnectionId,
+    protocol: ProtocolId,
+    /// Messages and payload bytes handed out and noted already.
+    noted: (usize, usize),
+}
+
+impl Reading {
+    fn new(b: MessageBatch) -> Self {
+        Reading { connection: b.connection, protocol: b.protocol, messages: b.into_messages(), noted: (0, 0) }
+    }
+
+    /// Notes what was handed out since the last note.
+    fn note(&mut self, taken: &mut Taken) {
+        let (messages, bytes) = self.messages.taken();
+        let (m, b) = core::mem::replace(&mut self.noted, (messages, bytes));
+        if messages > m {
+            taken.messages(self.connection, self.protocol, (messages - m) as u64, (bytes - b) as u64);
+        }
+    }
+
+    /// Notes what was handed out, and returns the unread rest noted as taken
+    /// (`None` if nothing is left).
+    fn rest(mut self, taken: &mut Taken) -> Option<MessageBatch> {
+        self.note(taken);
+        let rest = self.messages.rest();
+        (!rest.is_empty()).then(|| {
+            taken.batch(&rest);
+            rest
+        })
+    }
+}
 
 /// The reading side of a message stream: hands out the batch being read
 /// one message at a time or as its unread rest, and notes what the
@@ -14,7 +54,7 @@ use crate::credit::Taken;
 #[derive(Debug)]
 pub struct BatchReader {
     /// The batch being read, from its next message on.
-    current: Option<MessageBatchIntoIter>,
+    current: Option<Reading>,
     taken: Taken,
 }
 
@@ -25,10 +65,9 @@ impl BatchReader {
     }
 
     /// The next message of the batch being read, if one is left.
+    #[inline(always)]
     pub fn message(&mut self) -> Option<Message> {
-        let m = self.current.as_mut()?.next()?;
-        self.taken.message(&m);
-        Some(m)
+        self.current.as_mut()?.messages.next()
     }
 
     /// Starts reading `b` one message at a time. Call it once the batch
@@ -36,13 +75,12 @@ impl BatchReader {
     /// an unread rest would be discarded (counted as consumed).
     pub fn start(&mut self, b: MessageBatch) {
         let _ = self.rest();
-        self.current = Some(b.into_messages());
+        self.current = Some(Reading::new(b));
     }
 
     /// The unread rest of the batch being read, if any is left.
     pub fn rest(&mut self) -> Option<MessageBatch> {
-        let rest = self.current.take()?.rest();
-        (!rest.is_empty()).then(|| self.take(rest))
+        self.current.take()?.rest(&mut self.taken)
     }
 
     /// Notes `b` as taken whole, and returns it.
@@ -53,6 +91,9 @@ impl BatchReader {
 
     /// Hands the notes to the driver (call before waiting for a batch).
     pub fn flush(&mut self) {
+        if let Some(r) = &mut self.current {
+            r.note(&mut self.taken);
+        }
         self.taken.flush();
     }
 
@@ -72,7 +113,7 @@ impl BatchReader {
 pub struct EventReader {
     /// The batch being handed out, from its next message on; before
     /// everything in `held`.
-    current: Option<MessageBatchIntoIter>,
+    current: Option<Reading>,
     held: VecDeque<Event>,
     taken: Taken,
 }
@@ -84,18 +125,62 @@ impl EventReader {
     }
 
     /// The next held event, noted as taken; `None` if none is held.
+    #[inline(always)]
     pub fn pop(&mut self) -> Option<Event> {
+        match self.current.as_mut().and_then(|r| r.messages.next()) {
+            Some(m) => Some(Event::from(m)),
+            None => self.pop_held(),
+        }
+    }
+
+    /// [`pop`](Self::pop) once the batch being handed out is used up.
+    #[inline(never)]
+    fn pop_held(&mut self) -> Option<Event> {
         loop {
-            if let Some(m) = self.current.as_mut().and_then(Iterator::next) {
-                self.taken.message(&m);
-                return Some(Event::from(m));
+            if let Some(r) = self.current.take() {
+                let _ = r.rest(&mut self.taken);
             }
-            self.current = None;
             match self.held.pop_front()? {
-                Event::Messages(b) => self.current = Some(b.into_messages()),
+                Event::Messages(b) => {
+                    let mut r = Reading::new(b);
+                    let first = r.messages.next();
+                    self.current = Some(r);
+                    if let Some(m) = first {
+                        return Some(Event::from(m));
+                    }
+                }
                 ev => {
                     self.taken.event(&ev);
                     return Some(ev);
+                }
+            }
+        }
+    }
+
+    /// The next event once nothing held is left to [`pop`](Self::pop):
+    /// received through `poll_recv` (the channel's). When none is ready,
+    /// hands the notes to the driver before the reader waits.
+    #[inline(never)]
+    pub fn poll_receive(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut poll_recv: impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
+    ) -> Poll<Option<Event>> {
+        loop {
+            if let Some(ev) = self.pop() {
+                return Poll::Ready(Some(ev));
+            }
+            match poll_recv(cx) {
+                Poll::Ready(Some(ev)) => {
+                    if let Some(ev) = self.receive(ev) {
+                        return Poll::Ready(Some(ev));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // About to wait: return the credit of what was taken.
+                    self.flush();
+                    return Poll::Pending;
                 }
             }
         }
@@ -141,14 +226,17 @@ impl EventReader {
 
     /// Hands the notes to the driver (call before waiting for events).
     pub fn flush(&mut self) {
+        if let Some(r) = &mut self.current {
+            r.note(&mut self.taken);
+        }
         self.taken.flush();
     }
 
     /// Discards what is held and `more` (the stream is dropped): their
     /// messages count as consumed.
     pub fn discard(&mut self, more: impl IntoIterator<Item = Event>) {
-        if let Some(rest) = self.current.take().map(MessageBatchIntoIter::rest) {
-            self.taken.batch(&rest);
+        if let Some(r) = self.current.take() {
+            let _ = r.rest(&mut self.taken);
         }
         for ev in self.held.drain(..).chain(more) {
             self.taken.event(&ev);
@@ -208,5 +296,53 @@ mod tests {
         }
         expect.add(conn, ProtocolId(0), 1);
         assert_eq!(shared.take(), expect);
+    }
+
+    #[test]
+    fn messages_taken_from_a_batch_are_noted_once_each_wherever_the_reader_stops() {
+        let shared = CreditShared::new(|| {});
+        let (peer, conn, proto) = (NodeId([1; 32]), ConnectionId(3), ProtocolId(2));
+        let msgs: [&[u8]; 4] = [b"a", b"bb", b"ccc", b"dddd"];
+        let batch = MessageBatch::from_messages(
+            peer,
+            conn,
+            proto,
+            msgs.iter().enumerate().map(|(i, p)| (i as u32, *p)),
+        );
+        let noted = |n: &[usize]| {
+            let mut c = Consumed::default();
+            n.iter().for_each(|&len| c.add(conn, proto, len));
+            c
+        };
+        let mut r = BatchReader::new(Taken::new(shared.clone()));
+        r.start(batch.clone());
+        assert_eq!(r.message(), batch.message(0));
+        // A flush in the middle of a batch hands over what was taken so far.
+        r.flush();
+        assert_eq!(shared.take(), noted(&[1]));
+        assert_eq!(r.message(), batch.message(1));
+        // The rest, taken whole, after a message taken one at a time.
+        assert_eq!(r.rest().map(|b| b.len()), Some(2));
+        assert_eq!(r.message(), None);
+        r.flush();
+        assert_eq!(shared.take(), noted(&[2, 3, 4]));
+        // Read to the end, then a new batch started: nothing noted twice.
+        r.start(batch.clone());
+        while r.message().is_some() {}
+        r.start(batch.clone());
+        assert_eq!(r.message(), batch.message(0));
+        r.flush();
+        assert_eq!(shared.take(), noted(&[1, 2, 3, 4, 1]));
+        // The same for events: a flush mid-batch, then the batch's end.
+        let mut e = EventReader::new(Taken::new(shared.clone()));
+        assert_eq!(e.receive(Event::Messages(batch.clone())), batch.message(0).map(Event::from));
+        assert_eq!(e.pop(), batch.message(1).map(Event::from));
+        e.flush();
+        assert_eq!(shared.take(), noted(&[1, 2]));
+        assert_eq!(e.pop(), batch.message(2).map(Event::from));
+        assert_eq!(e.pop(), batch.message(3).map(Event::from));
+        assert_eq!(e.pop(), None);
+        e.flush();
+        assert_eq!(shared.take(), noted(&[3, 4]));
     }
 }

@@ -1,9 +1,12 @@
 //! The public handle of a running node and its event stream.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use devp2p_core::{
@@ -14,6 +17,7 @@ use devp2p_runtime::{BatchReader, CreditShared, DialError, EventReader, NodeConf
 use rand_core::OsRng;
 use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpListener;
+use smol::stream::Stream;
 use smol::Task;
 
 use crate::driver::{Command, Driver};
@@ -25,30 +29,31 @@ use crate::driver::{Command, Driver};
 /// [`Event::Messages`] from the core is handed out as its messages.
 #[derive(Debug)]
 pub struct Events {
-    rx: Receiver<Event>,
+    /// Pinned: `poll_next` needs it so (the receiver is not `Unpin`).
+    rx: Pin<Box<Receiver<Event>>>,
     /// What was received and not yet handed out.
     reader: EventReader,
 }
 
 impl Events {
-    /// The next event, or `None` once the node has stopped.
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(ev) = self.reader.pop() {
-                return Some(ev);
-            }
-            let ev = match self.rx.try_recv() {
-                Ok(ev) => ev,
-                Err(channel::TryRecvError::Empty) => {
-                    // About to wait: return the credit of what was taken.
-                    self.reader.flush();
-                    self.rx.recv().await.ok()?
-                }
-                Err(channel::TryRecvError::Closed) => return None,
-            };
-            if let Some(ev) = self.reader.receive(ev) {
-                return Some(ev);
-            }
+    /// The next event, or `None` once the node has stopped (`.await` it).
+    // A future, not an `Iterator`'s `next`: the name reads as the
+    // `async fn next` of a stream.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> NextEvent<'_> {
+        NextEvent { events: self }
+    }
+
+    /// The next event if one is ready (`Ready(None)` once the node has
+    /// stopped); else registers `cx` to be woken when one arrives. What
+    /// [`next`](Self::next)'s future does, for a hand-written `Stream` or
+    /// `Future`.
+    #[inline(always)]
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        // A batch's next message, the common case, inlines into the caller.
+        match self.reader.pop() {
+            Some(ev) => Poll::Ready(Some(ev)),
+            None => self.reader.poll_receive(cx, |cx| self.rx.as_mut().poll_next(cx)),
         }
     }
 
@@ -60,6 +65,22 @@ impl Events {
         out.push(first);
         let rx = &mut self.rx;
         1 + self.reader.take_ready(out, limit.saturating_sub(1), || rx.try_recv().ok())
+    }
+}
+
+/// The future of [`Events::next`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct NextEvent<'a> {
+    events: &'a mut Events,
+}
+
+impl Future for NextEvent<'_> {
+    type Output = Option<Event>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().events.poll_next(cx)
     }
 }
 
@@ -194,7 +215,7 @@ impl Node {
         });
         let driver = Driver::new(core, cmd_rx, ev_tx, listeners, credit.clone(), credit_rx);
         let task = smol::spawn(driver.run());
-        let events = Events { rx: ev_rx, reader: EventReader::new(Taken::new(credit.clone())) };
+        let events = Events { rx: Box::pin(ev_rx), reader: EventReader::new(Taken::new(credit.clone())) };
         let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, task: Mutex::new(Some(task)) };
         Ok((Node { inner: Arc::new(inner) }, events))
     }

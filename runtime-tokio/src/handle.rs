@@ -1,9 +1,12 @@
 //! The public handle of a running node and its event stream.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use devp2p_core::{
@@ -32,24 +35,24 @@ pub struct Events {
 }
 
 impl Events {
-    /// The next event, or `None` once the node has stopped.
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(ev) = self.reader.pop() {
-                return Some(ev);
-            }
-            let ev = match self.rx.try_recv() {
-                Ok(ev) => ev,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // About to wait: return the credit of what was taken.
-                    self.reader.flush();
-                    self.rx.recv().await?
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            };
-            if let Some(ev) = self.reader.receive(ev) {
-                return Some(ev);
-            }
+    /// The next event, or `None` once the node has stopped (`.await` it).
+    // A future, not an `Iterator`'s `next`: the name reads as the
+    // `async fn next` of a stream.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> NextEvent<'_> {
+        NextEvent { events: self }
+    }
+
+    /// The next event if one is ready (`Ready(None)` once the node has
+    /// stopped); else registers `cx` to be woken when one arrives. What
+    /// [`next`](Self::next)'s future does, for a hand-written `Stream` or
+    /// `Future`.
+    #[inline(always)]
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        // A batch's next message, the common case, inlines into the caller.
+        match self.reader.pop() {
+            Some(ev) => Poll::Ready(Some(ev)),
+            None => self.reader.poll_receive(cx, |cx| self.rx.poll_recv(cx)),
         }
     }
 
@@ -61,6 +64,22 @@ impl Events {
         out.push(first);
         let rx = &mut self.rx;
         1 + self.reader.take_ready(out, limit.saturating_sub(1), || rx.try_recv().ok())
+    }
+}
+
+/// The future of [`Events::next`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct NextEvent<'a> {
+    events: &'a mut Events,
+}
+
+impl Future for NextEvent<'_> {
+    type Output = Option<Event>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().events.poll_next(cx)
     }
 }
 

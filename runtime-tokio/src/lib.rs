@@ -41,4 +41,4 @@ pub use devp2p_core::{
     ProtocolMetrics, SendBatch, SendError, UnsentMessage,
 };
 pub use devp2p_runtime::{DialError, NodeConfig, NodeError};
-pub use handle::{Events, Messages, Node};
+pub use handle::{Events, Messages, NextEvent, Node};
