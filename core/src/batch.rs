@@ -351,10 +351,21 @@ impl SendBatch {
         SendBatch { data: self.data.split_off(start), ends }
     }
 
-    /// How many of the first messages have at most `bytes` payload bytes
-    /// together.
-    pub(crate) fn messages_within(&self, bytes: usize) -> usize {
-        self.ends.partition_point(|&(_, end)| end as usize <= bytes)
+    /// How many of the first messages cost at most `bytes` together, each
+    /// costing its payload plus `per_message`.
+    pub(crate) fn messages_within(&self, bytes: usize, per_message: usize) -> usize {
+        // The cost of the first k messages grows with k: a binary search.
+        let (mut lo, mut hi) = (0, self.ends.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let cost = (self.ends[mid].1 as usize).saturating_add((mid + 1).saturating_mul(per_message));
+            if cost <= bytes {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// How many messages it holds.

@@ -53,15 +53,20 @@ pub struct Config {
     /// served before the round robin (default 512): small, latency-sensitive
     /// messages overtake bulk transfers of other protocols.
     pub priority_message_size: usize,
-    /// Most payload bytes queued for sending to one peer before `send`
-    /// returns [`SendError::QueueFull`](crate::SendError::QueueFull) (default 8 MiB).
+    /// Most bytes queued for sending to one peer before `send` returns
+    /// [`SendError::QueueFull`](crate::SendError::QueueFull) (default 8 MiB).
+    /// Every queue limit counts a message's payload plus
+    /// [`MESSAGE_OVERHEAD`](crate::MESSAGE_OVERHEAD) (16) bytes, as flow
+    /// control does, so that a queue of empty messages is bounded too.
     /// A protocol with nothing queued may still queue one message, so that
     /// protocols the peer stopped granting credit cannot starve the others;
     /// a peer's queue is thus at most this plus one message per protocol.
     pub max_queued_per_peer: usize,
-    /// Most payload bytes queued for sending to all peers together (default 256 MiB).
+    /// Most bytes queued for sending to all peers together (default 256
+    /// MiB), counted as [`max_queued_per_peer`](Self::max_queued_per_peer) says.
     pub max_queued_total: usize,
-    /// Most payload bytes queued for one protocol to one peer (default
+    /// Most bytes queued for one protocol to one peer (counted as
+    /// [`max_queued_per_peer`](Self::max_queued_per_peer) says; default
     /// 4 MiB), so that a protocol the peer stops accepting (no flow-control
     /// credit) cannot take the whole peer queue from the others.
     pub max_queued_per_protocol: usize,

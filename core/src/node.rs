@@ -132,6 +132,8 @@ pub struct Node {
     closed: VecDeque<ConnectionId>,
     /// Payload bytes queued to all peers.
     queued_total: usize,
+    /// Messages queued to all peers (see [`session::queue_cost`]).
+    queued_messages: usize,
     /// The connection `poll_transmit` served last (round robin).
     transmit_cursor: ConnectionId,
     /// Node-wide bandwidth cap, if configured.
@@ -189,6 +191,7 @@ impl Node {
             events: VecDeque::new(),
             closed: VecDeque::new(),
             queued_total: 0,
+            queued_messages: 0,
             transmit_cursor: ConnectionId(0),
             rate: config.max_node_rate.map(|r| TokenBucket::new(r, Self::burst(&config), now)),
             config,
@@ -445,9 +448,10 @@ impl Node {
     /// The session of `peer` if messages may be queued for it, with the
     /// node-wide queue limits they are checked against.
     fn sendable(&mut self, peer: &NodeId) -> Result<(&mut Session, NodeQueue<'_>), SendError> {
-        let Node { peers, connections, config, queued_total, .. } = self;
+        let Node { peers, connections, config, queued_total, queued_messages, .. } = self;
         let node = NodeQueue {
             queued: queued_total,
+            messages: queued_messages,
             max: config.max_queued_total,
             max_per_peer: config.max_queued_per_peer,
         };
@@ -774,8 +778,9 @@ impl Node {
         }
         match &mut conn.phase {
             Phase::Established { session, announced: true, .. } => {
-                let (unsent, accounted) = session.take_unsent();
-                self.queued_total -= accounted;
+                let (unsent, (messages, bytes)) = session.take_unsent();
+                self.queued_total -= bytes;
+                self.queued_messages -= messages;
                 let peer = session.peer;
                 if self.peers.get(&peer) == Some(&id) {
                     self.peers.remove(&peer);
@@ -828,8 +833,9 @@ impl Node {
         if let Some(mut c) = self.connections.remove(&id) {
             if let Phase::Established { session, .. } = &mut c.phase {
                 // A connection closed by the remote while still queued.
-                let (_, accounted) = session.take_unsent();
-                self.queued_total -= accounted;
+                let (_, (messages, bytes)) = session.take_unsent();
+                self.queued_total -= bytes;
+                self.queued_messages -= messages;
             }
             self.closed.push_back(id);
         }
@@ -888,7 +894,10 @@ impl Node {
         let mut failed = false;
         if let Phase::Established { session, .. } = &mut conn.phase {
             match session.write_records(buf, start + allowance, &self.config, now) {
-                Ok(n) => self.queued_total -= n,
+                Ok((messages, bytes)) => {
+                    self.queued_total -= bytes;
+                    self.queued_messages -= messages;
+                }
                 // Only nonce exhaustion, which rekeying prevents.
                 Err(_) => failed = true,
             }

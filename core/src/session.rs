@@ -76,10 +76,20 @@ struct RekeyState {
     queued: bool,
 }
 
+/// What the queue limits count for `messages` messages of `bytes` payload
+/// bytes in all: each message costs [`MESSAGE_OVERHEAD`](flow::MESSAGE_OVERHEAD)
+/// more than its payload, so that a queue of empty messages is bounded
+/// too.
+pub(crate) fn queue_cost(messages: usize, bytes: usize) -> usize {
+    bytes.saturating_add(messages.saturating_mul(flow::MESSAGE_OVERHEAD as usize))
+}
+
 /// The node-wide queue limits a session's sends are checked against.
 pub(crate) struct NodeQueue<'a> {
     /// Payload bytes queued on all sessions (`Node::queued_total`).
     pub(crate) queued: &'a mut usize,
+    /// Messages queued on all sessions (`Node::queued_messages`).
+    pub(crate) messages: &'a mut usize,
     /// `Config::max_queued_total`.
     pub(crate) max: usize,
     /// `Config::max_queued_per_peer`.
@@ -112,6 +122,8 @@ pub(crate) struct Session {
     updates_soon: Option<Instant>,
     /// Payload bytes queued and not yet written.
     pub(crate) queued_bytes: usize,
+    /// Messages queued and not completely written.
+    pub(crate) queued_messages: usize,
     control: VecDeque<Control>,
     /// Bytes reserved by the channels' partial messages.
     reassembly_bytes: usize,
@@ -180,6 +192,7 @@ impl Session {
             updates_due: false,
             updates_soon: None,
             queued_bytes: 0,
+            queued_messages: 0,
             control: VecDeque::new(),
             reassembly_bytes: 0,
             unsealed: Vec::new(),
@@ -217,8 +230,7 @@ impl Session {
         node: &mut NodeQueue<'_>,
     ) -> Result<(), crate::SendError> {
         if let Some((channel, total)) = self.admit_all(protocol, msgs, node) {
-            self.queued_bytes += total;
-            *node.queued += total;
+            self.count_queued(node, msgs.len(), total);
             self.scheduler.push_many(channel as usize - 1, channel, protocol, msgs.drain(..));
             return Ok(());
         }
@@ -253,19 +265,27 @@ impl Session {
         }
         (top_type < ch.shared.message_count
             && longest as u64 <= self.peer_max_message
-            && self.room(channel, node).is_some_and(|room| total <= room))
+            && self.room(channel, node).is_some_and(|room| queue_cost(msgs.len(), total) <= room))
         .then_some((channel, total))
     }
 
-    /// Payload bytes that may still be queued on `channel` (shared, not 0)
-    /// within the protocol's, the peer's and the node's queue limits;
+    /// The [`queue_cost`] that may still be queued on `channel` (shared,
+    /// not 0) within the protocol's, the peer's and the node's queue limits;
     /// `None` if one of them is already exceeded (by the message a protocol
     /// with nothing queued may always queue).
     fn room(&self, channel: u32, node: &NodeQueue<'_>) -> Option<usize> {
-        let protocol_queued = self.scheduler.depth(channel as usize - 1).1;
-        let peer = node.max_per_peer.checked_sub(self.queued_bytes)?;
-        let all = node.max.checked_sub(*node.queued)?;
-        Some(peer.min(all).min(self.max_queued_per_protocol.checked_sub(protocol_queued)?))
+        let (messages, bytes) = self.scheduler.depth(channel as usize - 1);
+        let peer = node.max_per_peer.checked_sub(queue_cost(self.queued_messages, self.queued_bytes))?;
+        let all = node.max.checked_sub(queue_cost(*node.messages, *node.queued))?;
+        Some(peer.min(all).min(self.max_queued_per_protocol.checked_sub(queue_cost(messages, bytes))?))
+    }
+
+    /// Counts `messages` messages of `bytes` payload bytes as queued.
+    fn count_queued(&mut self, node: &mut NodeQueue<'_>, messages: usize, bytes: usize) {
+        self.queued_bytes += bytes;
+        self.queued_messages += messages;
+        *node.queued += bytes;
+        *node.messages += messages;
     }
 
     /// Queues the messages of `batch` on `protocol` as one entry. Refused
@@ -299,9 +319,9 @@ impl Session {
         }
         let room = self.room(channel, node);
         let mut rest = None;
-        if room.is_none_or(|room| batch.payload_bytes() > room) {
+        if room.is_none_or(|room| queue_cost(batch.len(), batch.payload_bytes()) > room) {
             let fit = match room {
-                Some(room) if prefix => batch.messages_within(room),
+                Some(room) if prefix => batch.messages_within(room, flow::MESSAGE_OVERHEAD as usize),
                 _ => 0,
             };
             if fit == 0 {
@@ -309,9 +329,7 @@ impl Session {
             }
             rest = Some(batch.split_off(fit));
         }
-        let total = batch.payload_bytes();
-        self.queued_bytes += total;
-        *node.queued += total;
+        self.count_queued(node, batch.len(), batch.payload_bytes());
         let (data, ends) = batch.into_parts();
         self.scheduler.push_packed(channel as usize - 1, channel, protocol, data, ends);
         match rest {
@@ -320,11 +338,15 @@ impl Session {
         }
     }
 
-    /// Payload bytes queued on `protocol` and not yet written.
+    /// The [`queue_cost`] of what is queued on `protocol` and not yet
+    /// written (0 if nothing is).
     pub(crate) fn queued_on(&self, protocol: ProtocolId) -> usize {
         match self.channel(protocol) {
             0 => 0,
-            c => self.scheduler.depth(c as usize - 1).1,
+            c => {
+                let (messages, bytes) = self.scheduler.depth(c as usize - 1);
+                queue_cost(messages, bytes)
+            }
         }
     }
 
@@ -346,8 +368,7 @@ impl Session {
         if let Err(e) = self.admit(channel, msg_type, payload.len(), node) {
             return Err((e, payload));
         }
-        self.queued_bytes += payload.len();
-        *node.queued += payload.len();
+        self.count_queued(node, 1, payload.len());
         self.scheduler.push(channel as usize - 1, channel, protocol, msg_type, payload);
         Ok(())
     }
@@ -366,10 +387,15 @@ impl Session {
     ) -> Result<(), crate::SendError> {
         use crate::SendError as E;
         let idx = (channel as usize).wrapping_sub(1);
-        let protocol_queued = self.channels.get(idx).map_or(0, |_| self.scheduler.depth(idx).1);
+        let (protocol_messages, protocol_bytes) =
+            self.channels.get(idx).map_or((0, 0), |_| self.scheduler.depth(idx));
+        // Each check: something is queued, and this message would go over.
+        let over = |messages: usize, bytes: usize, max: usize| {
+            messages > 0 && queue_cost(messages + 1, bytes + len) > max
+        };
         let peer_full =
-            self.queued_bytes > 0 && self.queued_bytes + len > node.max_per_peer && protocol_queued > 0;
-        if peer_full || (*node.queued > 0 && *node.queued + len > node.max) {
+            over(self.queued_messages, self.queued_bytes, node.max_per_peer) && protocol_messages > 0;
+        if peer_full || over(*node.messages, *node.queued, node.max) {
             return Err(E::QueueFull);
         }
         let Some(ch) = self.channels.get(idx) else { return Err(E::ProtocolNotShared) };
@@ -379,7 +405,7 @@ impl Session {
         if len as u64 > self.peer_max_message {
             return Err(E::MessageTooLarge);
         }
-        if protocol_queued > 0 && protocol_queued + len > self.max_queued_per_protocol {
+        if over(protocol_messages, protocol_bytes, self.max_queued_per_protocol) {
             return Err(E::QueueFull);
         }
         Ok(())
@@ -428,10 +454,10 @@ impl Session {
     }
 
     /// Removes every queued application message (for closing), partly
-    /// written ones included. Returns them and the not-yet-written bytes
-    /// they still accounted for.
-    pub(crate) fn take_unsent(&mut self) -> (Vec<UnsentMessage>, usize) {
-        let accounted = core::mem::take(&mut self.queued_bytes);
+    /// written ones included. Returns them, and the messages and
+    /// not-yet-written bytes they still accounted for.
+    pub(crate) fn take_unsent(&mut self) -> (Vec<UnsentMessage>, (usize, usize)) {
+        let accounted = (core::mem::take(&mut self.queued_messages), core::mem::take(&mut self.queued_bytes));
         let unsent = self
             .scheduler
             .take_all()
@@ -449,17 +475,17 @@ impl Session {
     }
 
     /// Writes framed, sealed records into `buf` until it holds at least
-    /// `budget` bytes or nothing is left. Returns the application payload
-    /// bytes dequeued.
+    /// `budget` bytes or nothing is left. Returns the application messages
+    /// (completely written) and payload bytes dequeued.
     pub(crate) fn write_records(
         &mut self,
         buf: &mut Vec<u8>,
         budget: usize,
         config: &Config,
         now: Instant,
-    ) -> Result<usize, CryptoError> {
+    ) -> Result<(usize, usize), CryptoError> {
         let record_size = config.record_size();
-        let mut dequeued = 0usize;
+        let (mut dequeued, mut done) = (0usize, 0usize);
         let closing = self.control.iter().any(|c| matches!(c, Control::Disconnect(_)));
         if !self.rekey.queued
             && !closing
@@ -565,6 +591,7 @@ impl Session {
                     buf.extend_from_slice(&m.payload[m.offset..m.offset + take]);
                 }
                 dequeued += take;
+                done += usize::from(last);
                 let st = &mut channels[idx].stats;
                 st.bytes_out += take as u64;
                 st.messages_out += u64::from(last);
@@ -600,6 +627,7 @@ impl Session {
                 let (count, bytes) = (run.count, run.bytes);
                 urgent = run.urgent;
                 dequeued += bytes;
+                done += count;
                 let st = &mut channels[idx].stats;
                 st.bytes_out += bytes as u64;
                 st.messages_out += count as u64;
@@ -639,7 +667,8 @@ impl Session {
             }
         }
         self.queued_bytes -= dequeued;
-        Ok(dequeued)
+        self.queued_messages -= done;
+        Ok((done, dequeued))
     }
 
     /// Writes the due `WINDOW_UPDATE` chunks that fit before `limit`.
@@ -1733,7 +1762,9 @@ mod tests {
             let run = |one_by_one: bool| {
                 let (mut s, _) = receiver_granted(&config, None);
                 let mut queued = held_elsewhere;
-                let mut node = NodeQueue { queued: &mut queued, max: total, max_per_peer: per_peer };
+                let mut messages = usize::from(held_elsewhere > 0);
+                let mut node =
+                    NodeQueue { queued: &mut queued, messages: &mut messages, max: total, max_per_peer: per_peer };
                 let mk = |v: &[(u32, usize)]| -> VecDeque<(u32, Bytes)> {
                     v.iter().map(|&(t, n)| (t, Bytes::from(vec![t as u8; n]))).collect()
                 };
@@ -1755,7 +1786,7 @@ mod tests {
                 };
                 let mut out = Vec::new();
                 let _ = s.write_records(&mut out, usize::MAX, &config, Instant::ZERO);
-                (result, msgs, s.queued_bytes, queued, out)
+                (result, msgs, (s.queued_messages, s.queued_bytes), (messages, queued), out)
             };
             proptest::prop_assert_eq!(run(false), run(true));
         }
@@ -1785,7 +1816,9 @@ mod tests {
             let run = |packed: bool| {
                 let (mut s, _) = receiver_granted(&config, window);
                 let mut queued = 0;
-                let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+                let mut messages = 0;
+                let mut node =
+                    NodeQueue { queued: &mut queued, messages: &mut messages, max: usize::MAX, max_per_peer: usize::MAX };
                 let payload = |t: u32, n: usize, k: usize| Bytes::from(vec![(t as usize * 31 + k) as u8; n]);
                 let mut others: VecDeque<_> =
                     other.iter().enumerate().map(|(k, &(t, n))| (t, payload(t, n, k))).collect();
@@ -1829,7 +1862,13 @@ mod tests {
         let (mut s, _) = receiver_granted(&config, None);
         let mut msgs: VecDeque<_> = (0..2).map(|i| (0, Bytes::from(vec![i as u8; 1500]))).collect();
         let mut queued = 0;
-        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        let mut messages = 0;
+        let mut node = NodeQueue {
+            queued: &mut queued,
+            messages: &mut messages,
+            max: usize::MAX,
+            max_per_peer: usize::MAX,
+        };
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
@@ -1845,7 +1884,13 @@ mod tests {
         // A small message split across records still closes its record.
         let config = Config { max_record_size: 300, ..Config::default() };
         let (mut s, _) = receiver_granted(&config, None);
-        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        let mut messages = 0;
+        let mut node = NodeQueue {
+            queued: &mut queued,
+            messages: &mut messages,
+            max: usize::MAX,
+            max_per_peer: usize::MAX,
+        };
         let mut msgs: VecDeque<_> =
             [(0, Bytes::from(vec![1u8; 400])), (0, Bytes::from(vec![2u8; 2000]))].into();
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
@@ -1862,7 +1907,13 @@ mod tests {
         let (mut s, _) = receiver_granted(&config, None);
         let mut msgs: VecDeque<_> = [(0, Bytes::from(vec![7u8; 95]))].into();
         let mut queued = 0;
-        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        let mut messages = 0;
+        let mut node = NodeQueue {
+            queued: &mut queued,
+            messages: &mut messages,
+            max: usize::MAX,
+            max_per_peer: usize::MAX,
+        };
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         let mut out = Vec::new();
         while s.has_output() {
@@ -1877,7 +1928,13 @@ mod tests {
         let (mut s, _) = receiver_granted(&config, Some(1000));
         let mut msgs: VecDeque<_> = (0..3).map(|_| (0, Bytes::from(vec![0; 400]))).collect();
         let mut queued = 0;
-        let mut node = NodeQueue { queued: &mut queued, max: usize::MAX, max_per_peer: usize::MAX };
+        let mut messages = 0;
+        let mut node = NodeQueue {
+            queued: &mut queued,
+            messages: &mut messages,
+            max: usize::MAX,
+            max_per_peer: usize::MAX,
+        };
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         assert_eq!(queued, 1200);
         let mut out = Vec::new();

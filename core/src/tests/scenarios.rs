@@ -297,7 +297,8 @@ fn a_refused_send_batch_queues_nothing_and_comes_back_whole() {
 
 #[test]
 fn a_waiting_send_batch_is_queued_in_parts_as_room_appears() {
-    let config = Config { max_queued_per_peer: 1000, ..Config::with_protocols(protocols()) };
+    // Room for five messages of 200 bytes, each counting 16 more.
+    let config = Config { max_queued_per_peer: 5 * 216, ..Config::with_protocols(protocols()) };
     let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
     p.connect(None);
     p.drive();
@@ -312,8 +313,8 @@ fn a_waiting_send_batch_is_queued_in_parts_as_room_appears() {
         m.protocols.iter().find(|m| m.protocol == CHAT).map(|m| m.queued_messages).unwrap()
     };
     let mut w: crate::Waiters<(), u32> = crate::Waiters::default();
-    // CHAT holds 600 of the peer's 1,000 bytes: of 3 × 200 more, the first
-    // two are queued and the third waits.
+    // CHAT holds three of the peer's five: of three more, the first two
+    // are queued and the third waits.
     assert_eq!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 1), Some((1, Ok(()))));
     assert!(w.send_packed(&mut p.a, b, CHAT, batch(3, 200), 2).is_none());
     assert_eq!(chat_queued(&p), 5);
@@ -339,6 +340,52 @@ fn a_waiting_send_batch_is_queued_in_parts_as_room_appears() {
     bad.push(99, b"no such type");
     let Some((4, Err(e))) = w.send_packed(&mut p.a, b, BLOCKS, bad, 4) else { panic!("refused at once") };
     assert_eq!((e.error, e.unsent.len()), (SendError::UnknownMessageType, 3));
+}
+
+#[test]
+fn empty_messages_count_against_the_queue_limits() {
+    // Each queued message counts MESSAGE_OVERHEAD (16) bytes more than its
+    // payload: a queue of empty messages fills up too.
+    let per_message = crate::MESSAGE_OVERHEAD as usize;
+    let config = Config {
+        max_queued_per_protocol: 100 * per_message,
+        max_queued_per_peer: 150 * per_message,
+        ..Config::with_protocols(protocols())
+    };
+    let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
+    p.connect(None);
+    p.drive();
+    let b = p.id(Side::B);
+    let empty = Bytes::new();
+    let queued = |p: &Pair, proto: ProtocolId| {
+        let m = p.a.peer_metrics(&b).unwrap();
+        m.protocols.iter().find(|m| m.protocol == proto).map(|m| m.queued_messages).unwrap()
+    };
+    // One by one: the protocol's limit.
+    let sent = (0..1000).take_while(|_| p.a.send(&b, CHAT, 0, empty.clone()).is_ok()).count();
+    assert_eq!(sent, 100);
+    assert_eq!(p.a.send(&b, CHAT, 0, empty.clone()), Err(SendError::QueueFull));
+    // A batch of handles: what fits is queued, the rest stays.
+    let mut msgs: alloc::collections::VecDeque<(u32, Bytes)> = vec![(0, empty.clone()); 80].into();
+    assert_eq!(p.a.send_queue(&b, BLOCKS, &mut msgs), Err(SendError::QueueFull));
+    assert_eq!(msgs.len(), 30, "the peer's limit: 150 in all");
+    // A send batch: all or nothing, or what fits.
+    let mut batch = crate::SendBatch::new();
+    (0..10).for_each(|_| batch.push(0, &[]));
+    assert_eq!(p.a.send_packed(&b, BLOCKS, batch.clone()).unwrap_err().0, SendError::QueueFull);
+    let (e, back) = p.a.send_packed_from(&b, BLOCKS, batch.clone(), true).unwrap_err();
+    assert_eq!((e, back.len()), (SendError::QueueFull, 10), "the peer's queue is full: none fits");
+    assert_eq!((queued(&p, CHAT), queued(&p, BLOCKS)), (100, 50));
+    // Once written, there is room again: the first messages of a batch
+    // that fit are queued, up to the protocol's limit.
+    p.drive();
+    let mut big = crate::SendBatch::new();
+    (0..200).for_each(|_| big.push(0, &[]));
+    let (e, back) = p.a.send_packed_from(&b, BLOCKS, big, true).unwrap_err();
+    assert_eq!((e, back.len()), (SendError::QueueFull, 100));
+    p.a.send_packed(&b, CHAT, batch).unwrap();
+    p.drive();
+    assert_eq!(messages(&p.take_events(Side::B)).len(), 100 + 50 + 100 + 10, "every message arrives");
 }
 
 #[test]
