@@ -1277,6 +1277,25 @@ mod tests {
     use crate::protocol::ProtocolId;
     use alloc::vec;
 
+    /// Node-wide queue counts with no limits, for tests that queue on a
+    /// session directly.
+    #[derive(Default)]
+    struct Unlimited {
+        queued: usize,
+        messages: usize,
+    }
+
+    impl Unlimited {
+        fn node(&mut self) -> NodeQueue<'_> {
+            NodeQueue {
+                queued: &mut self.queued,
+                messages: &mut self.messages,
+                max: usize::MAX,
+                max_per_peer: usize::MAX,
+            }
+        }
+    }
+
     /// A receiving session and the cipher that seals records for it.
     fn receiver(config: &Config) -> (Session, CipherState) {
         receiver_granted(config, None)
@@ -1815,10 +1834,8 @@ mod tests {
             };
             let run = |packed: bool| {
                 let (mut s, _) = receiver_granted(&config, window);
-                let mut queued = 0;
-                let mut messages = 0;
-                let mut node =
-                    NodeQueue { queued: &mut queued, messages: &mut messages, max: usize::MAX, max_per_peer: usize::MAX };
+                let mut counts = Unlimited::default();
+                let mut node = counts.node();
                 let payload = |t: u32, n: usize, k: usize| Bytes::from(vec![(t as usize * 31 + k) as u8; n]);
                 let mut others: VecDeque<_> =
                     other.iter().enumerate().map(|(k, &(t, n))| (t, payload(t, n, k))).collect();
@@ -1861,14 +1878,8 @@ mod tests {
         let config = Config { max_record_size: 1000, ..Config::default() };
         let (mut s, _) = receiver_granted(&config, None);
         let mut msgs: VecDeque<_> = (0..2).map(|i| (0, Bytes::from(vec![i as u8; 1500]))).collect();
-        let mut queued = 0;
-        let mut messages = 0;
-        let mut node = NodeQueue {
-            queued: &mut queued,
-            messages: &mut messages,
-            max: usize::MAX,
-            max_per_peer: usize::MAX,
-        };
+        let mut counts = Unlimited::default();
+        let mut node = counts.node();
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
@@ -1884,13 +1895,8 @@ mod tests {
         // A small message split across records still closes its record.
         let config = Config { max_record_size: 300, ..Config::default() };
         let (mut s, _) = receiver_granted(&config, None);
-        let mut messages = 0;
-        let mut node = NodeQueue {
-            queued: &mut queued,
-            messages: &mut messages,
-            max: usize::MAX,
-            max_per_peer: usize::MAX,
-        };
+        let mut counts = Unlimited::default();
+        let mut node = counts.node();
         let mut msgs: VecDeque<_> =
             [(0, Bytes::from(vec![1u8; 400])), (0, Bytes::from(vec![2u8; 2000]))].into();
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
@@ -1906,14 +1912,8 @@ mod tests {
         let config = Config { max_record_size: 100, ..Config::default() };
         let (mut s, _) = receiver_granted(&config, None);
         let mut msgs: VecDeque<_> = [(0, Bytes::from(vec![7u8; 95]))].into();
-        let mut queued = 0;
-        let mut messages = 0;
-        let mut node = NodeQueue {
-            queued: &mut queued,
-            messages: &mut messages,
-            max: usize::MAX,
-            max_per_peer: usize::MAX,
-        };
+        let mut counts = Unlimited::default();
+        let mut node = counts.node();
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
         let mut out = Vec::new();
         while s.has_output() {
@@ -1927,16 +1927,10 @@ mod tests {
         let config = Config::default();
         let (mut s, _) = receiver_granted(&config, Some(1000));
         let mut msgs: VecDeque<_> = (0..3).map(|_| (0, Bytes::from(vec![0; 400]))).collect();
-        let mut queued = 0;
-        let mut messages = 0;
-        let mut node = NodeQueue {
-            queued: &mut queued,
-            messages: &mut messages,
-            max: usize::MAX,
-            max_per_peer: usize::MAX,
-        };
+        let mut counts = Unlimited::default();
+        let mut node = counts.node();
         s.queue_batch(ProtocolId(0), &mut msgs, &mut node).unwrap();
-        assert_eq!(queued, 1200);
+        assert_eq!((counts.messages, counts.queued), (3, 1200));
         let mut out = Vec::new();
         s.write_records(&mut out, usize::MAX, &config, Instant::ZERO).unwrap();
         assert_eq!(s.scheduler.depth(0), (1, 400), "two fit in 1000 bytes of credit");
