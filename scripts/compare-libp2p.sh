@@ -27,6 +27,11 @@ for round in $(seq "$ROUNDS"); do
   for w in bulk bulk8 msgs rtt conns; do
     $D bench --only "$w" 2>/dev/null | sed 's/^{/{"impl":"devp2p",/' | tee -a "$OUT"
   done
+  # The 64 B workload read one typed message per call: one `Message` per
+  # `Messages::next`, one `Event` per `Events::next`.
+  for r in messages events; do
+    $D bench --only msgs --recv "$r" 2>/dev/null | sed 's/^{/{"impl":"devp2p",/' | tee -a "$OUT"
+  done
   for w in bulk msgs rtt handshakes; do
     $L "$w" 2>/dev/null | tee -a "$OUT"
   done
@@ -49,7 +54,9 @@ def med(impl, bench, key, **f):
 d_bulk, l_bulk = med("devp2p", "bulk", "mb_per_sec", protocols=1), med("rust-libp2p", "bulk", "mb_per_s")
 d_bulk8 = med("devp2p", "bulk", "mb_per_sec", protocols=8)
 sealed = med("raw", "sealed_tcp", "mb_per_sec")
-d_msgs, l_msgs = med("devp2p", "msgs", "msgs_per_sec"), med("rust-libp2p", "msgs", "msgs_per_s")
+d_msgs, l_msgs = med("devp2p", "msgs", "msgs_per_sec", recv="batches"), med("rust-libp2p", "msgs", "msgs_per_s")
+d_msgs_m = med("devp2p", "msgs", "msgs_per_sec", recv="messages")
+d_msgs_e = med("devp2p", "msgs", "msgs_per_sec", recv="events")
 d50, d99 = med("devp2p", "rtt", "p50_us"), med("devp2p", "rtt", "p99_us")
 l50, l99 = med("rust-libp2p", "rtt", "p50_us"), med("rust-libp2p", "rtt", "p99_us")
 r50, r99 = med("raw", "tcp_pingpong", "p50_us"), med("raw", "tcp_pingpong", "p99_us")
@@ -59,6 +66,9 @@ print(json.dumps({"summary": "medians", "rounds": len([r for r in rows if r.get(
                   "ratio_to_libp2p": round(d_bulk / l_bulk, 2), "ratio_to_sealed_tcp": round(d_bulk / sealed, 2)},
     "bulk_8_protocols_mb_s": {"devp2p": d_bulk8, "ratio_to_1_protocol": round(d_bulk8 / d_bulk, 3)},
     "msgs_per_s": {"devp2p": d_msgs, "libp2p": l_msgs, "ratio": round(d_msgs / l_msgs, 2)},
+    "msgs_one_per_call_per_s": {"messages_next": d_msgs_m, "events_next": d_msgs_e,
+                                "ratio_messages_next": round(d_msgs_m / l_msgs, 2),
+                                "ratio_events_next": round(d_msgs_e / l_msgs, 2)},
     "rtt_us": {"devp2p": [d50, d99], "libp2p": [l50, l99], "raw_tcp_pingpong": [r50, r99]},
     "conns_per_s": {"devp2p": d_conn, "libp2p": l_conn, "ratio": round(d_conn / l_conn, 2)}}))
 EOF
