@@ -348,4 +348,54 @@ mod tests {
         e.flush();
         assert_eq!(shared.take(), noted(&[3, 4]));
     }
+
+    #[test]
+    fn poll_receive_hands_out_messages_as_messages_and_other_events_in_order() {
+        use devp2p_core::DisconnectReason;
+        let shared = CreditShared::new(|| {});
+        let mut r = EventReader::new(Taken::new(shared.clone()));
+        let (peer, conn, proto) = (NodeId([1; 32]), ConnectionId(3), ProtocolId(2));
+        let batch = MessageBatch::from_messages(peer, conn, proto, [(0, &b"a"[..]), (1, b"bb")]);
+        let lone = Message {
+            peer,
+            connection: conn,
+            protocol: proto,
+            msg_type: 3,
+            payload: Bytes::from_static(b"ccc"),
+        };
+        let gone = Event::PeerDisconnected {
+            peer,
+            reason: DisconnectReason::Requested,
+            remote: true,
+            unsent: Vec::new(),
+        };
+        let mut channel: VecDeque<Event> =
+            [Event::from(lone.clone()), Event::Messages(batch.clone()), gone.clone()].into();
+        let closed = std::cell::Cell::new(false);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll = |r: &mut EventReader| {
+            r.poll_receive(&mut cx, |_| match channel.pop_front() {
+                Some(ev) => Poll::Ready(Some(ev)),
+                None if closed.get() => Poll::Ready(None),
+                None => Poll::Pending,
+            })
+        };
+        // A lone message and a batch's first come as messages; the rest of
+        // the batch from `message`; then the other event, in order.
+        assert_eq!(poll(&mut r), Poll::Ready(Ok(lone)));
+        assert_eq!(poll(&mut r), Poll::Ready(Ok(batch.message(0).unwrap())));
+        assert_eq!(r.message(), batch.message(1));
+        assert_eq!(r.message(), None);
+        assert_eq!(poll(&mut r), Poll::Ready(Err(Some(gone))));
+        // Nothing ready: the notes go to the driver before the reader waits.
+        assert_eq!(shared.take(), Consumed::default(), "not flushed yet");
+        assert_eq!(poll(&mut r), Poll::Pending);
+        let mut expect = Consumed::default();
+        for len in [3, 1, 2] {
+            expect.add(conn, proto, len);
+        }
+        assert_eq!(shared.take(), expect);
+        closed.set(true);
+        assert_eq!(poll(&mut r), Poll::Ready(Err(None)));
+    }
 }
