@@ -37,6 +37,8 @@ pub struct Events {
 
 impl Events {
     /// The next event, or `None` once the node has stopped (`.await` it).
+    /// Cancel-safe: the future holds nothing, so dropping it (a losing
+    /// branch of a `select!`) loses no event.
     // A future, not an `Iterator`'s `next`: the name reads as the
     // `async fn next` of a stream.
     #[allow(clippy::should_implement_trait)]
