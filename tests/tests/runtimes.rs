@@ -675,3 +675,51 @@ async fn batches_and_streams_tokio_smol() {
 async fn batches_and_streams_smol_tokio() {
     batches_and_streams(Smol, Tokio).await;
 }
+
+/// `Events::next`'s future may be dropped at any time (the losing branch
+/// of a `select!`) without losing an event: 2,000 messages arrive, in
+/// order, though a branch that is ready at every other poll keeps
+/// cancelling the reads.
+async fn next_is_cancel_safe(rt: Runtime) {
+    let (a, _ea) = spawn_on(rt, "127.0.0.1:0", None).await;
+    let (b, mut eb) = spawn_on(rt, "127.0.0.1:0", None).await;
+    let peer_b = a.dial(b.peer_addr()).await.expect("dial");
+    expect_event(&mut eb, |e| matches!(e, Event::PeerConnected { .. })).await;
+    const COUNT: u32 = 2_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0..COUNT {
+                let p = Bytes::from(i.to_le_bytes().to_vec());
+                a.send(peer_b, ProtocolId(0), 0, p).await.expect("send");
+            }
+        })
+    };
+    let (mut got, mut cancelled) = (0u32, 0u32);
+    while got < COUNT {
+        tokio::select! {
+            biased;
+            () = tokio::task::yield_now() => cancelled += 1,
+            e = eb.next() => {
+                if let Event::Message { payload, .. } = e.expect("open") {
+                    assert_eq!(&payload[..], &got.to_le_bytes()[..], "message {got}");
+                    got += 1;
+                }
+            }
+        }
+    }
+    assert!(cancelled > 0, "no read was cancelled");
+    sender.await.expect("sender");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_is_cancel_safe_tokio() {
+    next_is_cancel_safe(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_is_cancel_safe_smol() {
+    next_is_cancel_safe(Smol).await;
+}
