@@ -446,6 +446,21 @@ mod tests {
     use alloc::vec;
 
     #[test]
+    fn messages_within_counts_the_first_messages_that_fit_with_their_overhead() {
+        let b: SendBatch = [(0u32, &[1u8; 10][..]), (0, &[]), (0, &[2; 5]), (0, &[])].into_iter().collect();
+        // Cost of the first k messages, with 16 each: 26, 42, 63, 79.
+        let fits = |bytes| b.messages_within(bytes, 16);
+        assert_eq!(
+            [fits(0), fits(25), fits(26), fits(41), fits(42), fits(78), fits(79), fits(1000)],
+            [0, 0, 1, 1, 2, 3, 4, 4]
+        );
+        assert_eq!(fits(63), 3);
+        // Without overhead, empty messages fit anywhere after what precedes them.
+        assert_eq!([b.messages_within(0, 0), b.messages_within(10, 0), b.messages_within(15, 0)], [0, 2, 4]);
+        assert_eq!(SendBatch::new().messages_within(100, 16), 0);
+    }
+
+    #[test]
     fn messages_taken_one_by_one_leave_the_rest_as_a_batch() {
         let (peer, connection, protocol) = (NodeId([1; 32]), ConnectionId(2), ProtocolId(3));
         let payloads: [&[u8]; 4] = [b"a", b"", b"ccc", b"dd"];

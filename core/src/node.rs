@@ -241,6 +241,13 @@ impl Node {
         }
     }
 
+    /// The node-wide queue counters: messages and payload bytes queued to
+    /// all peers and not yet written.
+    #[cfg(test)]
+    pub(crate) fn queued_totals(&self) -> (usize, usize) {
+        (self.queued_messages, self.queued_total)
+    }
+
     /// Payload bytes queued for `peer` and not yet written.
     pub fn queued_bytes(&self, peer: &NodeId) -> usize {
         self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
@@ -249,7 +256,8 @@ impl Node {
         })
     }
 
-    /// Payload bytes queued for `peer` on `protocol` and not yet written.
+    /// What is queued for `peer` on `protocol` and not yet written, as the
+    /// queue limits count it (0 if nothing is).
     pub(crate) fn queued_on(&self, peer: &NodeId, protocol: ProtocolId) -> usize {
         self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
             Phase::Established { session, .. } => session.queued_on(protocol),

@@ -10,21 +10,44 @@ use devp2p_core::{ConnectionId, Event, Message, MessageBatch, MessageBatchIntoIt
 use crate::credit::Taken;
 
 /// A batch being read one message at a time, and how much of it has been
-/// noted as taken. Messages handed out are noted together (when the batch
-/// is used up, or the reader flushes or stops), not one by one: the
-/// driver only hears of them when the reader flushes anyway.
+/// noted as taken. The messages of a batch of several, small ones that
+/// arrived in one record, are noted together (when the batch is used up,
+/// or the reader flushes, stops or is dropped), not one by one: the driver
+/// only hears of them when the reader flushes anyway, and together they
+/// cost less than a flush's worth. A lone message, which may be large, is
+/// noted as it is handed out, so that a large one's credit goes back at
+/// once (see [`Taken`]).
 #[derive(Debug)]
 struct Reading {
     messages: MessageBatchIntoIter,
     connection: ConnectionId,
     protocol: ProtocolId,
+    /// The batch holds one message.
+    lone: bool,
     /// Messages and payload bytes handed out and noted already.
     noted: (usize, usize),
 }
 
 impl Reading {
     fn new(b: MessageBatch) -> Self {
-        Reading { connection: b.connection, protocol: b.protocol, messages: b.into_messages(), noted: (0, 0) }
+        let lone = b.len() == 1;
+        Reading {
+            connection: b.connection,
+            protocol: b.protocol,
+            lone,
+            messages: b.into_messages(),
+            noted: (0, 0),
+        }
+    }
+
+    /// The next message, if one is left (noted at once if it is lone).
+    #[inline(always)]
+    fn next(&mut self, taken: &mut Taken) -> Option<Message> {
+        let m = self.messages.next()?;
+        if self.lone {
+            self.note(taken);
+        }
+        Some(m)
     }
 
     /// Notes what was handed out since the last note.
@@ -67,7 +90,7 @@ impl BatchReader {
     /// The next message of the batch being read, if one is left.
     #[inline(always)]
     pub fn message(&mut self) -> Option<Message> {
-        self.current.as_mut()?.messages.next()
+        self.current.as_mut()?.next(&mut self.taken)
     }
 
     /// Starts reading `b` one message at a time. Call it once the batch
@@ -105,6 +128,16 @@ impl BatchReader {
     }
 }
 
+impl Drop for BatchReader {
+    /// Notes what was handed out (the unread rest counts as consumed only
+    /// through [`discard`](Self::discard)); `Taken` then flushes.
+    fn drop(&mut self) {
+        if let Some(r) = &mut self.current {
+            r.note(&mut self.taken);
+        }
+    }
+}
+
 /// The reading side of an event stream: the events received and not yet
 /// handed out, a batch of messages handed out one message at a time (an
 /// [`Event::Message`] each, made when it is handed out, not when the batch
@@ -132,16 +165,17 @@ impl EventReader {
     /// through memory (about 1 in 6 of the 64 B benchmark's time).
     #[inline(always)]
     pub fn message(&mut self) -> Option<Message> {
-        self.current.as_mut()?.messages.next()
+        self.current.as_mut()?.next(&mut self.taken)
     }
 
-    /// The next held event, noted as taken; `None` if none is held.
+    /// The next held event, noted as taken (a batch's messages as
+    /// [`Reading`] says); `None` if none is held.
     pub fn pop(&mut self) -> Option<Event> {
         self.next_held().map(|next| next.map_or_else(|ev| ev, Event::from))
     }
 
-    /// What is held next, noted as taken: a message (of the batch being
-    /// handed out, or a lone one) or another event.
+    /// What is held next, noted as [`pop`](Self::pop) says: a message (of
+    /// the batch being handed out, or a lone one) or another event.
     fn next_held(&mut self) -> Option<Result<Message, Event>> {
         loop {
             if let Some(m) = self.message() {
@@ -243,6 +277,15 @@ impl EventReader {
         }
         for ev in self.held.drain(..).chain(more) {
             self.taken.event(&ev);
+        }
+    }
+}
+
+impl Drop for EventReader {
+    /// Notes what was handed out, as [`BatchReader`]'s drop does.
+    fn drop(&mut self) {
+        if let Some(r) = &mut self.current {
+            r.note(&mut self.taken);
         }
     }
 }
@@ -397,5 +440,47 @@ mod tests {
         assert_eq!(shared.take(), expect);
         closed.set(true);
         assert_eq!(poll(&mut r), Poll::Ready(Err(None)));
+    }
+
+    #[test]
+    fn a_lone_message_is_noted_as_it_is_handed_out_and_a_dropped_reader_notes_what_it_handed_out() {
+        let shared = CreditShared::new(|| {});
+        let (peer, conn, proto) = (NodeId([1; 32]), ConnectionId(3), ProtocolId(2));
+        let large = Message {
+            peer,
+            connection: conn,
+            protocol: proto,
+            msg_type: 0,
+            payload: Bytes::from(vec![7u8; 70_000]),
+        };
+        let mut r = BatchReader::new(Taken::new(shared.clone()));
+        r.start(MessageBatch::one(large.clone()));
+        assert_eq!(r.message(), Some(large));
+        // Costing more than a flush's worth, it went to the driver at once,
+        // while the application still holds it.
+        let mut expect = Consumed::default();
+        expect.add(conn, proto, 70_000);
+        assert_eq!(shared.take(), expect);
+        assert_eq!(r.message(), None);
+        r.start(MessageBatch::from_messages(peer, conn, proto, [(0, &b"a"[..]), (1, b"bb"), (2, b"ccc")]));
+        assert!(r.message().is_some());
+        r.flush();
+        let mut expect = Consumed::default();
+        expect.add(conn, proto, 1);
+        assert_eq!(shared.take(), expect, "the large message is not noted twice");
+        // Dropped after one more: that one is noted, the unread rest not
+        // (only `discard` counts it).
+        assert!(r.message().is_some());
+        drop(r);
+        let mut expect = Consumed::default();
+        expect.add(conn, proto, 2);
+        assert_eq!(shared.take(), expect);
+        let mut e = EventReader::new(Taken::new(shared.clone()));
+        let batch = MessageBatch::from_messages(peer, conn, proto, [(0, &b"dddd"[..]), (1, b"e")]);
+        assert!(e.receive(Event::Messages(batch)).is_some());
+        drop(e);
+        let mut expect = Consumed::default();
+        expect.add(conn, proto, 4);
+        assert_eq!(shared.take(), expect);
     }
 }

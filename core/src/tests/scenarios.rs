@@ -386,6 +386,14 @@ fn empty_messages_count_against_the_queue_limits() {
     p.a.send_packed(&b, CHAT, batch).unwrap();
     p.drive();
     assert_eq!(messages(&p.take_events(Side::B)).len(), 100 + 50 + 100 + 10, "every message arrives");
+    assert_eq!(p.a.queued_totals(), (0, 0), "the node's counters come back to zero");
+    // Messages still queued at a disconnect come back, and leave the
+    // counters at zero too.
+    (0..20).for_each(|_| p.a.send(&b, CHAT, 0, empty.clone()).unwrap());
+    assert_eq!(p.a.queued_totals(), (20, 0));
+    p.a.disconnect(&b, DisconnectReason::Requested, p.now);
+    p.drive();
+    assert_eq!(p.a.queued_totals(), (0, 0));
 }
 
 #[test]
