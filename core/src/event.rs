@@ -144,6 +144,22 @@ impl From<Message> for Event {
     }
 }
 
+/// The message an [`Event::Message`] carries; any other event is handed
+/// back as the error.
+impl TryFrom<Event> for Message {
+    type Error = Event;
+
+    #[inline]
+    fn try_from(ev: Event) -> Result<Self, Event> {
+        match ev {
+            Event::Message { peer, connection, protocol, msg_type, payload } => {
+                Ok(Message { peer, connection, protocol, msg_type, payload })
+            }
+            ev => Err(ev),
+        }
+    }
+}
+
 /// The messages an event delivers (see [`Event::delivered`]): what
 /// [`Node::consume`](crate::Node::consume) takes once the application is
 /// done with them.

@@ -3,7 +3,7 @@
 //! receives the batches).
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use devp2p_core::{ConnectionId, Event, Message, MessageBatch, MessageBatchIntoIter, ProtocolId};
 
@@ -157,14 +157,33 @@ impl EventReader {
         EventReader { current: None, held: VecDeque::new(), taken }
     }
 
-    /// The next message of the batch being handed out, if one is left, not
-    /// yet made into an event. The runtimes' `Events::poll_next` makes
-    /// every event carrying a message in one place, after this and
-    /// [`poll_receive`](Self::poll_receive) join: an event made here and
-    /// one from memory joining there would make the compiler move each
-    /// through memory (about 1 in 6 of the 64 B benchmark's time).
+    /// The next event, noted as taken: held, else received through
+    /// `poll_recv` (the channel's); `Ready(None)` once the channel is
+    /// closed. When nothing is ready, hands the notes to the driver before
+    /// the reader waits (what the runtimes' `Events::poll_next` does).
+    ///
+    /// The common case, a batch's next message, inlines into the caller,
+    /// and every message becomes an event in one place, after that case
+    /// and the out-of-line rest ([`poll_receive`](Self::poll_receive))
+    /// join: an event made in each and joined would make the compiler move
+    /// it through memory (about 1 in 6 of the 64 B benchmark's time).
     #[inline(always)]
-    pub fn message(&mut self) -> Option<Message> {
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll_recv: impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
+    ) -> Poll<Option<Event>> {
+        let next = match self.message() {
+            Some(m) => Ok(m),
+            None => ready!(self.poll_receive(cx, poll_recv)),
+        };
+        Poll::Ready(next.map_or_else(|ev| ev, |m| Some(Event::from(m))))
+    }
+
+    /// The next message of the batch being handed out, if one is left, not
+    /// yet made into an event.
+    #[inline(always)]
+    fn message(&mut self) -> Option<Message> {
         self.current.as_mut()?.next(&mut self.taken)
     }
 
@@ -189,24 +208,17 @@ impl EventReader {
                 Event::Messages(b) => self.current = Some(Reading::new(b)),
                 ev => {
                     self.taken.event(&ev);
-                    return Some(match ev {
-                        Event::Message { peer, connection, protocol, msg_type, payload } => {
-                            Ok(Message { peer, connection, protocol, msg_type, payload })
-                        }
-                        ev => Err(ev),
-                    });
+                    return Some(Message::try_from(ev));
                 }
             }
         }
     }
 
-    /// What comes once the batch being handed out is used up: held, else
-    /// received through `poll_recv` (the channel's); a message as
-    /// `Ok`, another event as `Err(Some(_))`, and `Err(None)` once the
-    /// channel is closed. When nothing is ready, hands the notes to the
-    /// driver before the reader waits.
+    /// [`poll_next`](Self::poll_next) once the batch being handed out is
+    /// used up: a message as `Ok`, another event as `Err(Some(_))`, and
+    /// `Err(None)` once the channel is closed.
     #[inline(never)]
-    pub fn poll_receive(
+    fn poll_receive(
         &mut self,
         cx: &mut Context<'_>,
         mut poll_recv: impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
@@ -229,7 +241,8 @@ impl EventReader {
 
     /// Takes a received event: held behind the rest, and the next held
     /// event handed out.
-    pub fn receive(&mut self, ev: Event) -> Option<Event> {
+    #[cfg(test)]
+    fn receive(&mut self, ev: Event) -> Option<Event> {
         self.held.push_back(ev);
         self.pop()
     }
@@ -245,18 +258,16 @@ impl EventReader {
     ) -> usize {
         let mut n = 0;
         while n < limit {
-            let ev = match self.pop() {
-                Some(ev) => ev,
+            match self.pop() {
+                Some(ev) => {
+                    out.push(ev);
+                    n += 1;
+                }
                 None => match try_recv() {
-                    Some(ev) => match self.receive(ev) {
-                        Some(ev) => ev,
-                        None => continue,
-                    },
+                    Some(ev) => self.held.push_back(ev),
                     None => break,
                 },
-            };
-            out.push(ev);
-            n += 1;
+            }
         }
         n
     }

@@ -564,12 +564,10 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
             Event::Message { protocol, .. } | Event::Messages(MessageBatch { protocol, .. })
                 if self.routes.contains_key(&protocol) =>
             {
-                let b = match ev {
-                    Event::Message { peer, connection, protocol, msg_type, payload } => {
-                        MessageBatch::one(Message { peer, connection, protocol, msg_type, payload })
-                    }
-                    Event::Messages(b) => b,
-                    _ => return,
+                let b = match Message::try_from(ev) {
+                    Ok(m) => MessageBatch::one(m),
+                    Err(Event::Messages(b)) => b,
+                    Err(_) => return,
                 };
                 // Unbounded: flow control bounds what a stream holds.
                 if let Some(Err(e)) = self.routes.get(&protocol).map(|tx| tx.try_send(b)) {

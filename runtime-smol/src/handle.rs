@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use devp2p_core::{
@@ -52,13 +52,7 @@ impl Events {
     /// `Future`.
     #[inline(always)]
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        // A batch's next message, the common case, inlines into the caller;
-        // every message becomes an event in one place, below.
-        let next = match self.reader.message() {
-            Some(m) => Ok(m),
-            None => ready!(self.reader.poll_receive(cx, |cx| self.rx.as_mut().poll_next(cx))),
-        };
-        Poll::Ready(next.map_or_else(|ev| ev, |m| Some(Event::from(m))))
+        self.reader.poll_next(cx, |cx| self.rx.as_mut().poll_next(cx))
     }
 
     /// Waits for events and appends up to `limit` of them to `out`; returns

@@ -675,18 +675,10 @@ impl Outputs<DialReply, SendReply> for Sink<'_> {
                 if let Some(route) =
                     self.routes.get_mut(protocol).filter(|r| !r.batch.is_empty() || !r.tx.is_closed())
                 {
-                    match ev {
-                        Event::Message { peer, connection, protocol, msg_type, payload } => {
-                            route.batch.push(MessageBatch::one(Message {
-                                peer,
-                                connection,
-                                protocol,
-                                msg_type,
-                                payload,
-                            }))
-                        }
-                        Event::Messages(b) => route.batch.push(b),
-                        _ => {}
+                    match Message::try_from(ev) {
+                        Ok(m) => route.batch.push(MessageBatch::one(m)),
+                        Err(Event::Messages(b)) => route.batch.push(b),
+                        Err(_) => {}
                     }
                     return;
                 }
