@@ -122,8 +122,11 @@ impl Pair {
     }
 
     fn connect(&mut self, target: Option<NodeId>) -> (ConnectionId, ConnectionId) {
-        let ca = self.a.connect(target, self.now).expect("connect");
-        let cb = self.b.accept(self.now).expect("accept");
+        let addr: std::net::SocketAddr = "192.0.2.1:30303".parse().expect("address");
+        let ca = self.a.dial(devp2p_core::PeerAddr { id: target, addr }, self.now).expect("dial");
+        let _ = self.a.poll_dial();
+        self.a.handle_connected(ca, self.now);
+        let cb = self.b.accept(addr, self.now).expect("accept");
         self.a_to_b.insert(ca, cb);
         self.b_to_a.insert(cb, ca);
         (ca, cb)

@@ -3,9 +3,11 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::net::SocketAddr;
 
 use crate::event::{Direction, HandshakePath};
 use crate::handshake::Handshake;
+use crate::identity::NodeId;
 use crate::knowledge::Ticket;
 use crate::reason::DisconnectReason;
 use crate::session::Session;
@@ -27,6 +29,11 @@ pub(crate) const FRAME_HEADER: usize = 2;
 
 /// The phase a connection is in.
 pub(crate) enum Phase {
+    /// An outbound transport the runtime is opening (see [`crate::Dial`]).
+    Dialing {
+        /// The node named by the dial, if any.
+        target: Option<NodeId>,
+    },
     /// Handshake frames are exchanged.
     Handshake(alloc::boxed::Box<Handshake>),
     /// Records are exchanged.
@@ -52,6 +59,8 @@ pub(crate) struct Closing {
 /// One connection's state.
 pub(crate) struct Connection {
     pub(crate) direction: Direction,
+    /// The remote end of the transport: dialled, or accepted from.
+    pub(crate) remote: SocketAddr,
     pub(crate) phase: Phase,
     /// Bytes of an incomplete frame.
     pub(crate) partial: Vec<u8>,
@@ -70,7 +79,10 @@ impl Connection {
     /// True until the peer is announced (handshake in progress, or a
     /// 1-RTT responder waiting for the initiator's first record).
     pub(crate) fn is_handshaking(&self) -> bool {
-        matches!(self.phase, Phase::Handshake(_) | Phase::Established { announced: false, .. })
+        matches!(
+            self.phase,
+            Phase::Dialing { .. } | Phase::Handshake(_) | Phase::Established { announced: false, .. }
+        )
     }
 
     /// True if bytes are waiting for `poll_transmit`.
@@ -78,7 +90,7 @@ impl Connection {
         !self.plain_out.is_empty()
             || match &self.phase {
                 Phase::Established { session, .. } => session.has_output(),
-                Phase::Handshake(_) => false,
+                Phase::Dialing { .. } | Phase::Handshake(_) => false,
             }
     }
 

@@ -71,6 +71,9 @@ pub enum Event {
         connection: ConnectionId,
         /// Who dialled.
         direction: Direction,
+        /// The remote address of the transport: where this node dialled,
+        /// or where the peer connected from.
+        addr: core::net::SocketAddr,
         /// The shared protocols, in channel order.
         protocols: Vec<ProtocolId>,
         /// The handshake path that succeeded.

@@ -231,7 +231,7 @@ pub fn handshake_responder(data: &[u8]) {
         let target = (mode % 4 != 1).then(|| b.node_id());
         if mode % 4 == 3 {
             // Give both sides a shared ticket first.
-            let (ca, cb) = (a.connect(None, now).ok(), b.accept(now).ok());
+            let (ca, cb) = (a.dial_opened(None, now).ok(), b.accept(crate::io::TEST_ADDR, now).ok());
             if let (Some(ca), Some(cb)) = (ca, cb) {
                 for _ in 0..6 {
                     let (mut x, _) = drain(&mut a, now);
@@ -245,12 +245,12 @@ pub fn handshake_responder(data: &[u8]) {
                 drain(&mut b, now);
             }
         }
-        if a.connect(target, now).is_ok() {
+        if a.dial_opened(target, now).is_ok() {
             stream = drain(&mut a, now).0;
         }
     }
     stream.extend_from_slice(rest);
-    let Ok(cb) = b.accept(now) else { return };
+    let Ok(cb) = b.accept(crate::io::TEST_ADDR, now) else { return };
     // Feed in pieces to exercise frame reassembly.
     for piece in stream.chunks(97) {
         let mut p = piece.to_vec();
@@ -276,10 +276,10 @@ pub fn handshake_initiator(data: &[u8]) {
     let mut b = node(2);
     let now = Instant::ZERO;
     let target = (mode & 1 == 1).then(|| b.node_id());
-    let Ok(ca) = a.connect(target, now) else { return };
+    let Ok(ca) = a.dial_opened(target, now) else { return };
     let mut stream = Vec::new();
     if mode & 2 == 2 {
-        if let Ok(cb) = b.accept(now) {
+        if let Ok(cb) = b.accept(crate::io::TEST_ADDR, now) {
             let (mut first, _) = drain(&mut a, now);
             b.handle_input(cb, &mut first, now);
             stream = drain(&mut b, now).0;
@@ -318,7 +318,7 @@ pub fn node_ops(data: &[u8]) {
         match arg(0) % 10 {
             0 if link.is_none() => {
                 let target = (arg(1) & 1 == 1).then_some(b_id);
-                if let (Ok(ca), Ok(cb)) = (a.connect(target, now), b.accept(now)) {
+                if let (Ok(ca), Ok(cb)) = (a.dial_opened(target, now), b.accept(crate::io::TEST_ADDR, now)) {
                     link = Some((ca, cb));
                 }
             }

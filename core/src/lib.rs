@@ -65,6 +65,7 @@ mod event;
 mod flow;
 mod handshake;
 mod identity;
+mod io;
 mod knowledge;
 mod metrics;
 mod node;
@@ -95,6 +96,7 @@ pub use event::{Delivered, Direction, Event, HandshakePath, Message, UnsentMessa
 pub use flow::MESSAGE_OVERHEAD;
 pub use handshake::HandshakeError;
 pub use identity::{Keypair, NodeId};
+pub use io::Dial;
 pub use knowledge::{Ticket, TICKET_ID_LEN};
 pub use metrics::{PeerMetrics, ProtocolMetrics};
 pub use node::{Broadcast, ConfigError, Node};

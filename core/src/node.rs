@@ -5,12 +5,14 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
+use core::net::SocketAddr;
 use core::ops::Bound;
 use core::time::Duration;
 
 use bytes::Bytes;
 use rand_core::CryptoRngCore;
 
+use crate::addr::PeerAddr;
 use crate::batch::SendBatch;
 use crate::config::Config;
 use crate::connection::{CloseCause, Closing, Connection, ConnectionId, Phase};
@@ -19,6 +21,7 @@ use crate::error::{ConnectError, SendError};
 use crate::event::{Direction, Event, HandshakePath};
 use crate::handshake::{kind as hs_kind, Completed, Handshake, HandshakeCtx, HandshakeError};
 use crate::identity::{Keypair, NodeId};
+use crate::io::Dial;
 use crate::knowledge::{Ticket, TicketStore};
 use crate::metrics::PeerMetrics;
 use crate::protocol::{self, Hello, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
@@ -71,28 +74,43 @@ const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
 /// A devp2p node as a pure state machine.
 ///
 /// The node never performs I/O and never reads a clock. The runtime that
-/// drives it owns the transports and timers and talks to it through four
+/// drives it owns the sockets and timers and talks to it through four
 /// families of methods:
 ///
 /// * **inputs** (`handle_*`): [`handle_input`](Self::handle_input) for bytes
 ///   received on a connection, [`handle_written`](Self::handle_written) when
 ///   the transport can take another buffer from `poll_transmit` (once the
 ///   last one is written, or earlier if the runtime's writer holds a few),
-///   [`handle_close`](Self::handle_close) when a transport ended, and
-///   [`handle_timeout`](Self::handle_timeout) when the deadline from
-///   `poll_timeout` is reached;
-/// * **commands**: [`connect`](Self::connect) and [`accept`](Self::accept)
-///   for new transports, [`send`](Self::send),
-///   [`disconnect`](Self::disconnect), [`shutdown`](Self::shutdown);
+///   [`handle_close`](Self::handle_close) when a transport ended,
+///   [`handle_connected`](Self::handle_connected) and
+///   [`handle_dial_failed`](Self::handle_dial_failed) to answer a dial,
+///   [`handle_datagram`](Self::handle_datagram) for a datagram received
+///   with its source address, and [`handle_timeout`](Self::handle_timeout)
+///   when the deadline from `poll_timeout` is reached;
+/// * **commands**: [`dial`](Self::dial) (the node decides to open a
+///   transport and asks the runtime to, through `poll_dial`),
+///   [`accept`](Self::accept) for an inbound transport with its remote
+///   address, [`send`](Self::send), [`disconnect`](Self::disconnect),
+///   [`shutdown`](Self::shutdown);
 /// * **outputs** (`poll_*`), each drained until it returns `None`:
-///   [`poll_transmit`](Self::poll_transmit) (bytes to write),
-///   [`poll_close`](Self::poll_close) (transports to close),
-///   [`poll_event`](Self::poll_event) (application events) and finally
+///   [`poll_transmit`](Self::poll_transmit) (stream bytes for a
+///   connection), [`poll_dial`](Self::poll_dial) (transports to open),
+///   [`poll_datagram`](Self::poll_datagram) (datagrams for an address),
+///   [`poll_event`](Self::poll_event) (application events),
+///   [`poll_close`](Self::poll_close) (transports to close) and finally
 ///   [`poll_timeout`](Self::poll_timeout) (when to call `handle_timeout`);
 /// * **getters** such as [`node_id`](Self::node_id) and [`peers`](Self::peers).
 ///
-/// After any input or command, drain the outputs in that order. Every
+/// After any input or command, drain the outputs in that order
+/// ([`Waiters::drain`](crate::Waiters::drain) does, for a runtime). Every
 /// method that depends on time takes `now`, which must never decrease.
+///
+/// A connection's life, as the runtime sees it: it gets a
+/// [`ConnectionId`] from `accept`, or from a [`Dial`] (then answers with
+/// `handle_connected` or `handle_dial_failed`); it feeds the transport's
+/// bytes to `handle_input`, writes what `poll_transmit` gives it and
+/// acknowledges with `handle_written`; it ends with exactly one
+/// `poll_close` for that id, after which the id is never used again.
 ///
 /// # Run loop
 ///
@@ -100,20 +118,25 @@ const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
 /// # use devp2p_core::{Node, Config, Keypair, Instant, SeededRng};
 /// # fn write(_: devp2p_core::ConnectionId, _: &[u8]) {}
 /// # fn close(_: devp2p_core::ConnectionId) {}
+/// # fn open(_: devp2p_core::Dial) {}
+/// # fn send_to(_: std::net::SocketAddr, _: &[u8]) {}
 /// # let mut rng = SeededRng::from_u64(1);
 /// # let key = Keypair::generate(&mut rng);
 /// let mut node = Node::new(Config::default(), key, Box::new(rng), Instant::ZERO).unwrap();
 /// let now = Instant::ZERO;
 /// loop {
-///     // ... feed inputs: node.handle_input(conn, &mut bytes, now), etc.
+///     // ... feed inputs: node.handle_input(conn, &mut bytes, now),
+///     // node.handle_connected(conn, now), node.handle_datagram(from, &mut bytes, now), etc.
 ///     let mut buf = Vec::new();
 ///     while let Some(conn) = node.poll_transmit(now, &mut buf) {
 ///         write(conn, &buf); // then, once written:
 ///         node.handle_written(conn, now);
 ///         buf.clear();
 ///     }
-///     while let Some(conn) = node.poll_close() { close(conn); }
+///     while let Some(dial) = node.poll_dial() { open(dial); }
+///     while let Some(to) = node.poll_datagram(&mut buf) { send_to(to, &buf); buf.clear(); }
 ///     while let Some(event) = node.poll_event() { println!("{event:?}"); }
+///     while let Some(conn) = node.poll_close() { close(conn); }
 ///     let _deadline = node.poll_timeout();
 ///     # break;
 /// }
@@ -130,6 +153,12 @@ pub struct Node {
     peers: BTreeMap<NodeId, ConnectionId>,
     events: VecDeque<Event>,
     closed: VecDeque<ConnectionId>,
+    /// Transports the runtime must open.
+    dials: VecDeque<Dial>,
+    /// Datagrams to send, with their destinations.
+    datagrams_out: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagrams received that no part of the node handles.
+    datagrams_dropped: u64,
     /// Payload bytes queued to all peers.
     queued_total: usize,
     /// Messages queued to all peers (see [`session::queue_cost`]).
@@ -190,6 +219,9 @@ impl Node {
             peers: BTreeMap::new(),
             events: VecDeque::new(),
             closed: VecDeque::new(),
+            dials: VecDeque::new(),
+            datagrams_out: VecDeque::new(),
+            datagrams_dropped: 0,
             queued_total: 0,
             queued_messages: 0,
             transmit_cursor: ConnectionId(0),
@@ -224,7 +256,7 @@ impl Node {
     pub fn rtt(&self, peer: &NodeId) -> Option<Duration> {
         match &self.connections.get(self.peers.get(peer)?)?.phase {
             Phase::Established { session, .. } => session.rtt(),
-            Phase::Handshake(_) => None,
+            Phase::Dialing { .. } | Phase::Handshake(_) => None,
         }
     }
 
@@ -237,7 +269,7 @@ impl Node {
     pub fn peer_metrics(&self, peer: &NodeId) -> Option<PeerMetrics> {
         match &self.connections.get(self.peers.get(peer)?)?.phase {
             Phase::Established { session, .. } => Some(session.metrics()),
-            Phase::Handshake(_) => None,
+            Phase::Dialing { .. } | Phase::Handshake(_) => None,
         }
     }
 
@@ -252,7 +284,7 @@ impl Node {
     pub fn queued_bytes(&self, peer: &NodeId) -> usize {
         self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
             Phase::Established { session, .. } => session.queued_bytes,
-            Phase::Handshake(_) => 0,
+            Phase::Dialing { .. } | Phase::Handshake(_) => 0,
         })
     }
 
@@ -261,7 +293,7 @@ impl Node {
     pub(crate) fn queued_on(&self, peer: &NodeId, protocol: ProtocolId) -> usize {
         self.peers.get(peer).and_then(|c| self.connections.get(c)).map_or(0, |c| match &c.phase {
             Phase::Established { session, .. } => session.queued_on(protocol),
-            Phase::Handshake(_) => 0,
+            Phase::Dialing { .. } | Phase::Handshake(_) => 0,
         })
     }
 
@@ -269,6 +301,17 @@ impl Node {
     /// ignores further input.
     pub fn is_closing(&self, id: ConnectionId) -> bool {
         self.connections.get(&id).is_some_and(|c| c.closing.is_some())
+    }
+
+    /// The remote address of connection `id`: where it was dialled, or
+    /// accepted from.
+    pub fn remote_addr(&self, id: ConnectionId) -> Option<SocketAddr> {
+        self.connections.get(&id).map(|c| c.remote)
+    }
+
+    /// Datagrams received that no part of the node handles.
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.datagrams_dropped
     }
 
     /// Number of open connections, in any phase.
@@ -293,7 +336,7 @@ impl Node {
                         Phase::Established { session, .. } => {
                             session.queued_bytes + session.reassembly_bytes()
                         }
-                        Phase::Handshake(_) => 0,
+                        Phase::Dialing { .. } | Phase::Handshake(_) => 0,
                     }
             })
             .sum()
@@ -324,7 +367,13 @@ impl Node {
 
     // ----- commands -----
 
-    fn new_connection(&mut self, direction: Direction, now: Instant) -> Result<ConnectionId, ConnectError> {
+    fn new_connection(
+        &mut self,
+        direction: Direction,
+        remote: SocketAddr,
+        phase: Phase,
+        now: Instant,
+    ) -> Result<ConnectionId, ConnectError> {
         if self.connections.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
@@ -337,7 +386,8 @@ impl Node {
             id,
             Connection {
                 direction,
-                phase: Phase::Handshake(Box::new(Handshake::respond())),
+                remote,
+                phase,
                 partial: Vec::new(),
                 plain_out: Vec::new(),
                 write_in_flight: false,
@@ -352,16 +402,34 @@ impl Node {
         Ok(id)
     }
 
-    /// Registers an outbound transport that the runtime has just opened.
-    /// With `target`, the handshake uses the best prior knowledge held for
-    /// that node: a resumption ticket, else its key (introduced path);
-    /// without, the full handshake. The first handshake frame is ready in
-    /// `poll_transmit` on return.
-    pub fn connect(&mut self, target: Option<NodeId>, now: Instant) -> Result<ConnectionId, ConnectError> {
-        if target == Some(self.node_id()) {
+    /// Dials `addr`: the node asks the runtime to open a transport (see
+    /// [`poll_dial`](Self::poll_dial)) and, once it is open, runs the
+    /// handshake. With a node ID in `addr`, the handshake uses the best
+    /// prior knowledge held for that node: a resumption ticket, else its
+    /// key (introduced path); without, the full handshake. The outcome is
+    /// an event for the returned connection: `PeerConnected`, or
+    /// `ConnectionFailed` (with [`DisconnectReason::Unreachable`] if the
+    /// transport could not be opened). The handshake timeout runs from now.
+    pub fn dial(&mut self, addr: PeerAddr, now: Instant) -> Result<ConnectionId, ConnectError> {
+        if addr.id == Some(self.node_id()) {
             return Err(ConnectError::SelfConnect);
         }
-        let id = self.new_connection(Direction::Outbound, now)?;
+        let id =
+            self.new_connection(Direction::Outbound, addr.addr, Phase::Dialing { target: addr.id }, now)?;
+        self.dials.push_back(Dial { connection: id, addr: addr.addr });
+        Ok(id)
+    }
+
+    /// The transport of dial `id` is open: the handshake starts, and its
+    /// first frame is ready in `poll_transmit` on return. Returns false if
+    /// the node no longer wants that transport (the dial timed out or the
+    /// node shut down: it was in `poll_close` already); the runtime then
+    /// closes it.
+    pub fn handle_connected(&mut self, id: ConnectionId, now: Instant) -> bool {
+        let target = match self.connections.get(&id) {
+            Some(Connection { phase: Phase::Dialing { target }, closing: None, .. }) => *target,
+            _ => return false,
+        };
         let mut first = Vec::new();
         let mut ctx = HandshakeCtx {
             keypair: &self.keypair,
@@ -373,23 +441,50 @@ impl Node {
             now,
         };
         let hs = Handshake::initiate(target, &mut ctx, &mut first);
-        // Only an internal inconsistency makes initiating fail; treat it as a failed connection.
-        let conn = self.connections.get_mut(&id).expect("inserted above");
+        // Checked above: the connection is there and dialling.
+        let Some(conn) = self.connections.get_mut(&id) else { return false };
         match hs {
             Ok(hs) => {
                 conn.phase = Phase::Handshake(Box::new(hs));
                 conn.push_plain_frame(&first);
             }
+            // Only an internal inconsistency makes initiating fail; treat
+            // it as a failed connection.
             Err(e) => self.close(id, CloseCause { reason: e.reason(), remote: false }, now),
         }
+        true
+    }
+
+    /// The transport of dial `id` could not be opened: the connection
+    /// fails with [`DisconnectReason::Unreachable`] and ends in
+    /// `poll_close` like every other. Ignored for a connection that is not
+    /// dialling.
+    pub fn handle_dial_failed(&mut self, id: ConnectionId, now: Instant) {
+        if matches!(self.connections.get(&id), Some(Connection { phase: Phase::Dialing { .. }, .. })) {
+            self.close(id, CloseCause { reason: DisconnectReason::Unreachable, remote: true }, now);
+        }
+    }
+
+    /// Dials `target` at a documentation address and opens the transport
+    /// at once: for two-party harnesses that wire nodes together by hand.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn dial_opened(
+        &mut self,
+        target: Option<NodeId>,
+        now: Instant,
+    ) -> Result<ConnectionId, ConnectError> {
+        let id = self.dial(PeerAddr { id: target, addr: crate::io::TEST_ADDR }, now)?;
+        self.dials.retain(|d| d.connection != id);
+        self.handle_connected(id, now);
         Ok(id)
     }
 
-    /// Registers an inbound transport the runtime has just accepted.
-    /// Refused (the runtime should drop the transport) when the node is at
-    /// its connection or handshake limit.
-    pub fn accept(&mut self, now: Instant) -> Result<ConnectionId, ConnectError> {
-        self.new_connection(Direction::Inbound, now)
+    /// Registers an inbound transport the runtime has just accepted from
+    /// `remote`. Refused (the runtime should drop the transport) when the
+    /// node is at its connection or handshake limit.
+    pub fn accept(&mut self, remote: SocketAddr, now: Instant) -> Result<ConnectionId, ConnectError> {
+        let phase = Phase::Handshake(Box::new(Handshake::respond()));
+        self.new_connection(Direction::Inbound, remote, phase, now)
     }
 
     /// Queues a message for `peer`. The payload is shared, not copied, until
@@ -469,7 +564,7 @@ impl Node {
         }
         match &mut conn.phase {
             Phase::Established { session, .. } => Ok((session, node)),
-            Phase::Handshake(_) => Err(SendError::NotConnected),
+            Phase::Dialing { .. } | Phase::Handshake(_) => Err(SendError::NotConnected),
         }
     }
 
@@ -570,6 +665,8 @@ impl Node {
             return Err(CloseCause { reason: DisconnectReason::ProtocolViolation, remote: false });
         }
         match &mut conn.phase {
+            // No transport yet, so no bytes: a runtime bug, ignored.
+            Phase::Dialing { .. } => Ok(false),
             Phase::Handshake(hs) => {
                 let mut out = Vec::new();
                 let mut ctx = HandshakeCtx {
@@ -709,10 +806,20 @@ impl Node {
             peer,
             connection: id,
             direction: conn.direction,
+            addr: conn.remote,
             protocols: session.protocols(),
             path: *path,
         });
         Ok(())
+    }
+
+    /// Handles a datagram received from `from`. No part of the node reads
+    /// datagrams yet (discovery will): each is counted in
+    /// [`datagrams_dropped`](Self::datagrams_dropped) and dropped. The
+    /// buffer may be clobbered.
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &mut [u8], now: Instant) {
+        let _ = (from, data, now);
+        self.datagrams_dropped += 1;
     }
 
     /// The transport of `id` was closed or reset by the other side or failed.
@@ -746,7 +853,7 @@ impl Node {
                 continue;
             }
             match &mut c.phase {
-                Phase::Handshake(_) => {
+                Phase::Dialing { .. } | Phase::Handshake(_) => {
                     if now >= c.handshake_deadline {
                         to_close.push((id, DisconnectReason::HandshakeTimeout));
                     }
@@ -808,6 +915,13 @@ impl Node {
                 let peer = hs.target();
                 self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
             }
+            Phase::Dialing { target } => {
+                let peer = *target;
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
+                // No transport to tell: it ends here.
+                self.finish_close(id);
+                return;
+            }
         }
         if cause.remote {
             self.finish_close(id);
@@ -820,7 +934,7 @@ impl Node {
                 session.clear_control_except_disconnect();
                 session.queue_control(Control::Disconnect(cause.reason.on_wire()));
             }
-            Phase::Handshake(_) => {
+            Phase::Dialing { .. } | Phase::Handshake(_) => {
                 conn.plain_out.clear();
                 conn.push_plain_frame(&[hs_kind::REJECT, code]);
             }
@@ -938,6 +1052,22 @@ impl Node {
         self.closed.pop_front()
     }
 
+    /// The next transport the runtime must open (see [`Dial`]).
+    #[must_use]
+    pub fn poll_dial(&mut self) -> Option<Dial> {
+        self.dials.pop_front()
+    }
+
+    /// The next datagram to send: appends it to `buf` and returns its
+    /// destination. Datagrams need no acknowledgement; a runtime that
+    /// cannot send one drops it (datagrams may be lost).
+    #[must_use]
+    pub fn poll_datagram(&mut self, buf: &mut Vec<u8>) -> Option<SocketAddr> {
+        let (to, data) = self.datagrams_out.pop_front()?;
+        buf.extend_from_slice(&data);
+        Some(to)
+    }
+
     /// The next application event. Messages come as [`Event::Message`] or,
     /// several small ones that arrived together, [`Event::Messages`].
     #[must_use]
@@ -970,7 +1100,7 @@ impl Node {
             .values()
             .map(|c| match (&c.closing, &c.phase) {
                 (Some(cl), _) => cl.deadline,
-                (None, Phase::Handshake(_)) => c.handshake_deadline,
+                (None, Phase::Dialing { .. } | Phase::Handshake(_)) => c.handshake_deadline,
                 (None, Phase::Established { announced: false, .. }) => c.handshake_deadline,
                 (None, Phase::Established { session, .. }) => session.poll_timeout(&self.config),
             })

@@ -5,8 +5,9 @@ use core::fmt;
 
 /// The reason a connection was closed.
 ///
-/// Codes 0 to 254 travel on the wire; `TransportClosed` (255) describes
-/// what this node saw and is sent as `Requested` if an application passes it.
+/// Codes 0 to 253 travel on the wire; `Unreachable` (254) and
+/// `TransportClosed` (255) describe what this node saw and are sent as
+/// `Requested` if an application passes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DisconnectReason {
@@ -41,6 +42,9 @@ pub enum DisconnectReason {
     /// The peer sent more than its flow-control credit allowed, or granted
     /// more credit than can be counted (code 14).
     FlowControlViolation,
+    /// The transport could not be opened: the dialled address did not
+    /// answer or refused (code 254, never sent).
+    Unreachable,
     /// The transport was closed or reset without a `DISCONNECT` (never sent).
     TransportClosed,
     /// A code this implementation does not know.
@@ -67,6 +71,7 @@ impl DisconnectReason {
             UnknownMessageType => 12,
             ResourceLimit => 13,
             FlowControlViolation => 14,
+            Unreachable => 254,
             TransportClosed => 255,
             Unknown(c) => c,
         }
@@ -75,7 +80,9 @@ impl DisconnectReason {
     /// The reason as sent to the peer: local-only reasons become `Requested`.
     pub fn on_wire(self) -> Self {
         match self {
-            DisconnectReason::TransportClosed | DisconnectReason::Unknown(255) => DisconnectReason::Requested,
+            DisconnectReason::TransportClosed
+            | DisconnectReason::Unreachable
+            | DisconnectReason::Unknown(254 | 255) => DisconnectReason::Requested,
             r => r,
         }
     }
@@ -99,6 +106,7 @@ impl DisconnectReason {
             12 => UnknownMessageType,
             13 => ResourceLimit,
             14 => FlowControlViolation,
+            254 => Unreachable,
             255 => TransportClosed,
             c => Unknown(c),
         }
@@ -124,6 +132,7 @@ impl fmt::Display for DisconnectReason {
             UnknownMessageType => f.write_str("unknown channel or message type"),
             ResourceLimit => f.write_str("peer exceeded a resource limit"),
             FlowControlViolation => f.write_str("peer broke flow control"),
+            Unreachable => f.write_str("address unreachable"),
             TransportClosed => f.write_str("transport closed"),
             Unknown(c) => write!(f, "unknown reason {c}"),
         }

@@ -4,14 +4,17 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
+use core::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::addr::PeerAddr;
 use crate::batch::SendBatch;
 use crate::connection::ConnectionId;
 use crate::error::{BatchError, ConnectError, SendError};
 use crate::event::Event;
 use crate::identity::NodeId;
+use crate::io::Dial;
 use crate::node::Node;
 use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;
@@ -94,8 +97,14 @@ pub trait Outputs<D, S> {
     /// calls `handle_written` when the writer has room again.
     fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>>;
     /// The transport of `id` must be closed now, after the buffers its
-    /// writer still holds are written (they may end with the goodbye).
+    /// writer still holds are written (they may end with the goodbye). A
+    /// dial still connecting is abandoned.
     fn close(&mut self, id: ConnectionId);
+    /// A transport to open (see [`Dial`]): the runtime connects and
+    /// answers with `handle_connected` or `handle_dial_failed`.
+    fn dial(&mut self, dial: Dial);
+    /// A datagram to send to `to`.
+    fn datagram(&mut self, to: SocketAddr, buf: Vec<u8>);
     /// An event for the application.
     fn event(&mut self, ev: Event);
     /// A dial is resolved.
@@ -165,16 +174,16 @@ impl<D, S> core::fmt::Debug for Waiters<D, S> {
 }
 
 impl<D, S> Waiters<D, S> {
-    /// Registers a dialled transport with the node; `reply` is resolved by
-    /// [`on_event`](Self::on_event) or [`on_close`](Self::on_close).
+    /// Asks the node to dial `addr` ([`Node::dial`]); `reply` is resolved
+    /// by [`on_event`](Self::on_event) or [`on_close`](Self::on_close).
     pub fn dial(
         &mut self,
         node: &mut Node,
-        target: Option<NodeId>,
+        addr: PeerAddr,
         reply: D,
         now: Instant,
     ) -> Result<ConnectionId, (D, ConnectError)> {
-        match node.connect(target, now) {
+        match node.dial(addr, now) {
             Ok(id) => {
                 self.dials.insert(id, reply);
                 Ok(id)
@@ -243,8 +252,9 @@ impl<D, S> Waiters<D, S> {
 
     /// Drains the node's outputs into `out` until none is left, in the
     /// order that keeps replies right: waiting sends are retried, transmits
-    /// handed to writers, events passed on (resolving dials first), and
-    /// closes carried out (resolving dials that never got an event).
+    /// handed to writers, dials and datagrams handed over, events passed
+    /// on (resolving dials first), and closes carried out (resolving dials
+    /// that never got an event).
     pub fn drain(&mut self, node: &mut Node, now: Instant, out: &mut impl Outputs<D, S>) {
         loop {
             let mut progress = false;
@@ -270,6 +280,20 @@ impl<D, S> Waiters<D, S> {
                         node.handle_close(id, now);
                     }
                 }
+            }
+            while let Some(dial) = node.poll_dial() {
+                progress = true;
+                out.dial(dial);
+            }
+            loop {
+                let mut buf = out.buffer();
+                buf.clear();
+                let Some(to) = node.poll_datagram(&mut buf) else {
+                    out.recycle(buf);
+                    break;
+                };
+                progress = true;
+                out.datagram(to, buf);
             }
             while let Some(ev) = node.poll_event() {
                 progress = true;

@@ -1,23 +1,41 @@
-//! What the devp2p runtimes (`devp2p-tokio`, `devp2p-smol`) share, kept
-//! out of the sans-IO core because it needs the standard library:
+//! # devp2p-runtime
 //!
-//! * the types of their public handles ([`NodeConfig`], [`DialError`],
-//!   [`NodeError`]), which both runtimes re-export, so that they have the
-//!   same API shape;
+//! The one async shell of devp2p: it runs a [`devp2p_core::Node`] on any
+//! async runtime that implements [`Runtime`] (spawn, TCP, UDP, a timer).
+//! `devp2p-tokio` and `devp2p-smol` implement that trait and re-export
+//! this crate's API under their own names; applications use those.
+//!
+//! What lives here, once:
+//!
+//! * the driver task that owns the core and every socket (`driver`): it
+//!   feeds bytes, datagrams, dial answers, timer expiries and commands in,
+//!   and carries out the core's outputs (stream bytes to writer tasks,
+//!   dials, datagrams, closes, events);
+//! * the public handle [`Node`] and its errors, and the streams the
+//!   application reads ([`Events`], the main way to receive, and
+//!   [`Messages`], one protocol's messages in a stream of their own);
 //! * flow-control credit returned from the application's readers to the
-//!   driver task ([`CreditShared`], [`Taken`]), for a core run with
-//!   [`Config::manual_consume`](devp2p_core::Config::manual_consume);
-//! * the reading side of their streams ([`BatchReader`], [`EventReader`]),
-//!   and how many transmit buffers a writer holds ([`WriterBacklog`]).
+//!   driver ([`CreditShared`], [`Taken`]), for a core run with
+//!   [`Config::manual_consume`](devp2p_core::Config::manual_consume), and
+//!   the reading side of the streams ([`BatchReader`], [`EventReader`]).
+//!
+//! No protocol logic lives here: everything that decides anything is in
+//! the core.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod credit;
+mod driver;
 mod handle;
+mod outputs;
 mod reader;
+mod ready;
+mod runtime;
+mod streams;
 mod writer;
 
 pub use credit::{CreditShared, Taken};
-pub use handle::{DialError, NodeConfig, NodeError};
+pub use handle::{DialError, Node, NodeConfig, NodeError};
 pub use reader::{BatchReader, EventReader};
-pub use writer::{WriterBacklog, WRITE_DEPTH};
+pub use runtime::Runtime;
+pub use streams::{Events, Messages, NextEvent};

@@ -1,10 +1,10 @@
 //! # devp2p-smol
 //!
-//! Runs a [`devp2p_core::Node`] on smol: owns TCP sockets (IPv4 and IPv6)
-//! and timers, and drives the sans-IO core. It has the same API shape as
-//! `devp2p-tokio` (`Node::spawn`, `dial`, `send`, an event stream,
-//! `shutdown`); the protocol logic, and the bookkeeping of dials and
-//! waiting sends ([`devp2p_core::Waiters`]), live in the core.
+//! Runs a devp2p node on smol: TCP (IPv4 and IPv6), UDP and timers from
+//! async-io, tasks on smol's global executor, driven by the one async
+//! shell (`devp2p-runtime`) around the sans-IO core. It has the same API
+//! as `devp2p-tokio`: this crate is only the
+//! [`Runtime`](devp2p_runtime::Runtime) implementation for smol.
 //!
 //! ```no_run
 //! use devp2p_smol::{Config, Event, Node, NodeConfig, Protocol, ProtocolId};
@@ -24,15 +24,20 @@
 //! });
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod driver;
-mod handle;
+mod runtime;
 
 pub use devp2p_core::{
-    BatchError, Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath,
-    Keypair, Message, MessageBatch, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId,
-    ProtocolMetrics, SendBatch, SendError, UnsentMessage,
+    bytes, BatchError, Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event,
+    HandshakePath, Keypair, Message, MessageBatch, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol,
+    ProtocolId, ProtocolMetrics, SendBatch, SendError, UnsentMessage,
 };
-pub use devp2p_runtime::{DialError, NodeConfig, NodeError};
-pub use handle::{Events, Messages, NextEvent, Node};
+pub use devp2p_runtime::{DialError, Events, Messages, NextEvent, NodeConfig, NodeError};
+pub use runtime::Smol;
+
+/// A running node on smol (see [`devp2p_runtime::Node`] for its methods).
+/// Start one with `Node::spawn(config).await` from any executor; the
+/// node's tasks run on smol's global executor.
+pub type Node = devp2p_runtime::Node<Smol>;

@@ -1,8 +1,10 @@
 //! # devp2p-tokio
 //!
-//! Runs a [`devp2p_core::Node`] on tokio: owns TCP sockets (IPv4 and IPv6)
-//! and timers, and drives the sans-IO core. No protocol logic lives here;
-//! everything about handshakes, sessions and limits is in the core.
+//! Runs a devp2p node on tokio: TCP (IPv4 and IPv6), UDP and timers from
+//! tokio, driven by the one async shell (`devp2p-runtime`) around the
+//! sans-IO core. No protocol logic lives here: this crate is the
+//! [`Runtime`](devp2p_runtime::Runtime) implementation for tokio and the
+//! API re-exported under its names.
 //!
 //! ```no_run
 //! use devp2p_tokio::{Config, Event, Node, NodeConfig, Protocol, ProtocolId};
@@ -22,23 +24,23 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-mod driver;
-mod handle;
-mod ready;
-
-pub mod bench;
-pub mod demo;
+mod runtime;
 
 pub use devp2p_core::{
-    BatchError, Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event, HandshakePath,
-    Keypair, Message, MessageBatch, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol, ProtocolId,
-    ProtocolMetrics, SendBatch, SendError, UnsentMessage,
+    bytes, BatchError, Broadcast, Bytes, Config, ConnectionId, Direction, DisconnectReason, Event,
+    HandshakePath, Keypair, Message, MessageBatch, NodeId, ParseAddrError, PeerAddr, PeerMetrics, Protocol,
+    ProtocolId, ProtocolMetrics, SendBatch, SendError, UnsentMessage,
 };
-pub use devp2p_runtime::{DialError, NodeConfig, NodeError};
-pub use handle::{Events, Messages, NextEvent, Node};
+pub use devp2p_runtime::{DialError, Events, Messages, NextEvent, NodeConfig, NodeError};
+pub use runtime::Tokio;
+
+/// A running node on tokio (see [`devp2p_runtime::Node`] for its methods).
+/// Start one with `Node::spawn(config).await` inside a tokio runtime.
+pub type Node = devp2p_runtime::Node<Tokio>;

@@ -3,12 +3,13 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use devp2p_core::rand_core::RngCore;
 use devp2p_core::{
-    Config, ConnectionId, Event, HandshakePath, Instant, Keypair, Node, NodeId, Protocol, ProtocolId,
-    SeededRng, Ticket,
+    Config, ConnectionId, Dial, Event, HandshakePath, Instant, Keypair, Node, NodeId, PeerAddr, Protocol,
+    ProtocolId, SeededRng, Ticket,
 };
 
 use crate::ledger::Ledger;
@@ -116,7 +117,6 @@ struct Stream {
     broken: bool,
     /// The acceptor refused the connection.
     refused: bool,
-    target: Option<NodeId>,
     finished: bool,
 }
 
@@ -207,6 +207,9 @@ const TR_TIMER: u64 = 4;
 const TR_DATAGRAM: u64 = 5;
 const TR_CONNECT: u64 = 6;
 const TR_FAULT: u64 = 7;
+
+/// 198.18.0.0, the first address of the simulated network.
+const SIM_NET: u32 = 0xc612_0000;
 
 impl Sim {
     /// An empty network.
@@ -381,25 +384,60 @@ impl Sim {
 
     // ----- scenario commands -----
 
+    /// The address of host `h`: one per host in 198.18.0.0/15 (RFC 2544's
+    /// benchmarking range), port 30303.
+    pub fn addr(&self, h: HostId) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(SIM_NET + 1 + h.0 as u32), 30303))
+    }
+
+    /// The host at `addr`, if any.
+    fn host_at(&self, addr: SocketAddr) -> Option<usize> {
+        let SocketAddr::V4(v4) = addr else { return None };
+        let i = u32::from(*v4.ip()).checked_sub(SIM_NET + 1)? as usize;
+        (i < self.hosts.len() && v4.port() == 30303).then_some(i)
+    }
+
     /// `a` dials `b`; with `with_id` the dial names `b`'s node ID
-    /// (introduced or resumed path), else it is by address only (full path).
+    /// (introduced or resumed path), else it is by address only (full
+    /// path). The core decides: it asks for the transport through
+    /// `poll_dial`, which the simulated network opens.
     pub fn connect(&mut self, a: HostId, b: HostId, with_id: bool) {
-        let target = with_id.then(|| self.node_id(b));
-        let end = |host: usize, epoch| End { host, epoch, conn: None, closed: false };
+        let addr = PeerAddr { id: with_id.then(|| self.node_id(b)), addr: self.addr(b) };
+        let now = self.now;
+        let dialled = self.hosts[a.0].node.as_mut().map(|n| n.dial(addr, now));
+        if !matches!(dialled, Some(Ok(_))) {
+            self.stats.failed_connections += 1;
+        }
+        self.flush(a.0);
+    }
+
+    /// Opens the transport of a dial from host `h`: a stream to the host at
+    /// the dialled address, accepted after one latency and connected after
+    /// two. A dial to an address with no host fails after one latency.
+    fn open_stream(&mut self, h: usize, dial: Dial) {
+        let target = self.host_at(dial.addr);
+        let b = target.unwrap_or(h);
+        let end = |host: usize, epoch, conn| End { host, epoch, conn, closed: false };
         self.streams.push(Stream {
-            ends: [end(a.0, self.hosts[a.0].epoch), end(b.0, self.hosts[b.0].epoch)],
+            ends: [end(h, self.hosts[h].epoch, Some(dial.connection)), end(b, self.hosts[b].epoch, None)],
             dirs: [Direction::default(), Direction::default()],
-            in_flight: 2,
+            in_flight: 1,
             broken: false,
-            refused: false,
-            target,
+            refused: target.is_none(),
             finished: false,
         });
         let s = self.streams.len() - 1;
-        let d = self.delay(a.0, b.0);
-        self.schedule_item(self.now + d, Item::Accept { stream: s });
-        self.schedule_item(self.now + d * 2, Item::Connected { stream: s });
-        self.trace.record(&[self.now.as_nanos(), TR_CONNECT, a.0 as u64, b.0 as u64]);
+        self.hosts[h].conns.insert(dial.connection, s);
+        let d = self.delay(h, b);
+        if target.is_some() {
+            self.streams[s].in_flight += 1;
+            self.schedule_item(self.now + d, Item::Accept { stream: s });
+            self.schedule_item(self.now + d * 2, Item::Connected { stream: s });
+        } else {
+            self.streams[s].ends[1].closed = true;
+            self.schedule_item(self.now + d, Item::Connected { stream: s });
+        }
+        self.trace.record(&[self.now.as_nanos(), TR_CONNECT, h as u64, b as u64]);
     }
 
     /// Sends a generated message of `len` body bytes from `a` to `b` on
@@ -640,8 +678,12 @@ impl Sim {
         let dialer = self.streams[s].ends[0].host;
         let now = self.now;
         let ok = self.alive(acceptor) && !self.partitioned(dialer, acceptor.host);
-        let conn =
-            if ok { self.hosts[acceptor.host].node.as_mut().and_then(|n| n.accept(now).ok()) } else { None };
+        let from = self.addr(HostId(dialer));
+        let conn = if ok {
+            self.hosts[acceptor.host].node.as_mut().and_then(|n| n.accept(from, now).ok())
+        } else {
+            None
+        };
         match conn {
             Some(c) => {
                 self.streams[s].ends[1].conn = Some(c);
@@ -658,8 +700,10 @@ impl Sim {
     fn on_connected(&mut self, s: usize) {
         self.streams[s].in_flight -= 1;
         let dialer = self.streams[s].ends[0];
-        if self.streams[s].refused || !self.alive(dialer) {
-            self.stats.failed_connections += 1;
+        let Some(conn) = dialer.conn else { return };
+        if !self.alive(dialer) {
+            // The dialler crashed, or its core gave up on the dial (it was
+            // in `poll_close`): the transport is closed at once.
             self.streams[s].ends[0].closed = true;
             if !self.streams[s].ends[1].closed {
                 self.send_close(s, 0);
@@ -667,24 +711,28 @@ impl Sim {
             self.maybe_finish(s);
             return;
         }
-        let target = self.streams[s].target;
         let now = self.now;
-        let conn = self.hosts[dialer.host].node.as_mut().and_then(|n| n.connect(target, now).ok());
-        match conn {
-            Some(c) => {
-                self.streams[s].ends[0].conn = Some(c);
-                self.hosts[dialer.host].conns.insert(c, s);
-                self.flush(dialer.host);
+        let refused = self.streams[s].refused;
+        let opened = self.hosts[dialer.host].node.as_mut().is_some_and(|n| {
+            if refused {
+                n.handle_dial_failed(conn, now);
+                false
+            } else {
+                n.handle_connected(conn, now)
             }
-            None => {
-                self.stats.failed_connections += 1;
+        });
+        if !opened {
+            self.stats.failed_connections += 1;
+            if !refused {
+                self.hosts[dialer.host].conns.remove(&conn);
                 self.streams[s].ends[0].closed = true;
                 if !self.streams[s].ends[1].closed {
                     self.send_close(s, 0);
                 }
-                self.maybe_finish(s);
             }
         }
+        self.flush(dialer.host);
+        self.maybe_finish(s);
     }
 
     fn on_deliver(&mut self, s: usize, to: usize, mut data: Vec<u8>) {
@@ -828,6 +876,9 @@ impl Sim {
                     node.handle_written(c, now);
                 }
             }
+        }
+        while let Some(d) = self.hosts[h].node.as_mut().and_then(|n| n.poll_dial()) {
+            self.open_stream(h, d);
         }
         while let Some(c) = self.hosts[h].node.as_mut().and_then(|n| n.poll_close()) {
             if let Some(s) = self.hosts[h].conns.remove(&c) {

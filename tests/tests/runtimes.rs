@@ -227,19 +227,6 @@ async fn smol_dials_tokio_every_path() {
     every_path(Smol, Tokio).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_every_path() {
-    let s = devp2p_tokio::demo::run(4).await.expect("demo");
-    assert_eq!(s.corrupt, 0);
-    assert_eq!(s.received, s.sent);
-    assert!(s.sent > 0);
-    for p in ["full (XX)", "introduced (IK)", "resumed (NNpsk0)"] {
-        assert!(s.paths.get(p).copied().unwrap_or(0) > 0, "path {p} used: {:?}", s.paths);
-    }
-    assert!(s.downgrades.iter().any(|d| d == "resumed (NNpsk0) -> introduced (IK)"), "{:?}", s.downgrades);
-    assert!(s.downgrades.iter().any(|d| d == "introduced (IK) -> full (XX)"), "{:?}", s.downgrades);
-}
-
 async fn garbage_is_rejected(rt: Runtime) {
     let (a, mut ea) = spawn_on(rt, "127.0.0.1:0", None).await;
     let addr = a.peer_addr().addr;

@@ -136,16 +136,16 @@ impl Pair {
 
     /// A dials B (naming `target`, if any). Returns the link index.
     pub(crate) fn connect(&mut self, target: Option<NodeId>) -> usize {
-        let a = self.a.connect(target, self.now).expect("connect");
-        let b = self.b.accept(self.now).expect("accept");
+        let a = self.a.dial_opened(target, self.now).expect("connect");
+        let b = self.b.accept(crate::io::TEST_ADDR, self.now).expect("accept");
         self.links.push(Link { a, b, open: true });
         self.links.len() - 1
     }
 
     /// B dials A.
     pub(crate) fn connect_ba(&mut self, target: Option<NodeId>) -> usize {
-        let b = self.b.connect(target, self.now).expect("connect");
-        let a = self.a.accept(self.now).expect("accept");
+        let b = self.b.dial_opened(target, self.now).expect("connect");
+        let a = self.a.accept(crate::io::TEST_ADDR, self.now).expect("accept");
         self.links.push(Link { a, b, open: true });
         self.links.len() - 1
     }

@@ -566,14 +566,14 @@ fn handshake_timeout_and_half_open_limit() {
     let mut p = Pair::with_configs(Config::with_protocols(protocols()), c);
     let now = p.now;
     for _ in 0..3 {
-        p.b.accept(now).unwrap();
+        p.b.accept(crate::io::TEST_ADDR, now).unwrap();
     }
-    assert_eq!(p.b.accept(now), Err(crate::ConnectError::TooManyHandshakes));
+    assert_eq!(p.b.accept(crate::io::TEST_ADDR, now), Err(crate::ConnectError::TooManyHandshakes));
     p.advance(Duration::from_secs(11));
     let f = failed(&p.take_events(Side::B));
     assert_eq!(f, vec![DisconnectReason::HandshakeTimeout; 3]);
     assert_eq!(p.b.connection_count(), 0);
-    assert!(p.b.accept(p.now).is_ok());
+    assert!(p.b.accept(crate::io::TEST_ADDR, p.now).is_ok());
 }
 
 #[test]
@@ -600,7 +600,7 @@ fn a_replayed_introduced_first_message_never_announces_a_peer() {
     // An eavesdropper replays A's first message on a new connection to B.
     let mut first = p.wire_a[0].clone();
     let now = p.now;
-    let replayed = p.b.accept(now).expect("accept");
+    let replayed = p.b.accept(crate::io::TEST_ADDR, now).expect("accept");
     p.b.handle_input(replayed, &mut first, now);
     p.advance(Duration::from_secs(11));
     let eb = p.take_events(Side::B);
@@ -770,8 +770,8 @@ impl Star {
             .map(|i| {
                 let mut leaf =
                     super::harness::node(200 + i as u64, Config::with_protocols(leaf_protocols(i)));
-                let cl = leaf.connect(None, now).unwrap();
-                let ch = hub.accept(now).unwrap();
+                let cl = leaf.dial_opened(None, now).unwrap();
+                let ch = hub.accept(crate::io::TEST_ADDR, now).unwrap();
                 (leaf, cl, ch)
             })
             .collect();
@@ -1193,6 +1193,8 @@ impl crate::Outputs<(), u32> for DirtyBuffers {
         Ok(self.room > 0)
     }
     fn close(&mut self, _: crate::ConnectionId) {}
+    fn dial(&mut self, _: crate::Dial) {}
+    fn datagram(&mut self, _: core::net::SocketAddr, _: Vec<u8>) {}
     fn event(&mut self, _: crate::Event) {}
     fn dial_done(&mut self, _: (), _: Result<crate::NodeId, crate::DisconnectReason>) {}
     fn send_done(&mut self, _: u32, _: Result<(), crate::BatchError>) {}
@@ -1308,4 +1310,92 @@ fn consuming_messages_of_a_closed_connection_returns_no_credit_to_the_next() {
     }
     p.drive();
     assert_eq!(messages(&p.take_events(Side::B)).len(), 3);
+}
+
+#[test]
+fn a_dial_is_an_output_the_runtime_answers() {
+    let mut p = Pair::new();
+    let b = p.id(Side::B);
+    let addr: core::net::SocketAddr = "[2001:db8::7]:30303".parse().unwrap();
+    let now = p.now;
+    let c = p.a.dial(crate::PeerAddr::with_id(b, addr), now).unwrap();
+    assert_eq!(p.a.poll_dial(), Some(crate::Dial { connection: c, addr }));
+    assert_eq!(p.a.poll_dial(), None);
+    assert_eq!(p.a.remote_addr(c), Some(addr));
+    // Nothing is written before the transport is open.
+    assert_eq!(p.a.poll_transmit(now, &mut Vec::new()), None);
+    assert!(p.a.handle_connected(c, now));
+    let mut first = Vec::new();
+    assert_eq!(p.a.poll_transmit(now, &mut first), Some(c), "the handshake starts once connected");
+    assert!(!first.is_empty());
+    // A second answer for the same dial is refused.
+    assert!(!p.a.handle_connected(c, now));
+}
+
+#[test]
+fn a_dial_that_cannot_connect_fails_as_unreachable_and_closes_once() {
+    let mut p = Pair::new();
+    let now = p.now;
+    let c = p.a.dial(crate::PeerAddr::from(crate::io::TEST_ADDR), now).unwrap();
+    let _ = p.a.poll_dial();
+    p.a.handle_dial_failed(c, now);
+    let ev: Vec<Event> = core::iter::from_fn(|| p.a.poll_event()).collect();
+    assert!(
+        matches!(ev.as_slice(), [Event::ConnectionFailed { connection, peer: None, reason: DisconnectReason::Unreachable }] if *connection == c),
+        "{ev:?}"
+    );
+    assert_eq!(p.a.poll_close(), Some(c));
+    assert_eq!(p.a.poll_close(), None);
+    assert_eq!(p.a.connection_count(), 0);
+    // A late answer for the abandoned dial is refused.
+    assert!(!p.a.handle_connected(c, now));
+}
+
+#[test]
+fn a_dial_that_never_connects_times_out_and_a_late_transport_is_refused() {
+    let mut p = Pair::new();
+    let b = p.id(Side::B);
+    let now = p.now;
+    let c = p.a.dial(crate::PeerAddr::with_id(b, crate::io::TEST_ADDR), now).unwrap();
+    let _ = p.a.poll_dial();
+    assert!(p.a.poll_timeout().is_some(), "the handshake timeout covers connecting");
+    p.advance(Duration::from_secs(11));
+    let ev = p.take_events(Side::A);
+    assert_eq!(failed(&ev), vec![DisconnectReason::HandshakeTimeout]);
+    assert!(matches!(ev.as_slice(), [Event::ConnectionFailed { peer: Some(x), .. }] if *x == b));
+    assert_eq!(p.a.connection_count(), 0);
+    assert!(!p.a.handle_connected(c, p.now), "the runtime must close a transport that opens late");
+}
+
+#[test]
+fn dialling_oneself_by_id_is_refused_before_any_transport() {
+    let mut p = Pair::new();
+    let a = p.id(Side::A);
+    let now = p.now;
+    assert_eq!(
+        p.a.dial(crate::PeerAddr::with_id(a, crate::io::TEST_ADDR), now),
+        Err(crate::ConnectError::SelfConnect)
+    );
+    assert_eq!(p.a.poll_dial(), None);
+}
+
+#[test]
+fn peer_connected_carries_the_remote_address_and_datagrams_are_counted() {
+    let mut p = Pair::new();
+    p.connect(None);
+    p.drive();
+    let ea = p.take_events(Side::A);
+    let eb = p.take_events(Side::B);
+    for ev in [&ea, &eb] {
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::PeerConnected { addr, .. } if *addr == crate::io::TEST_ADDR)),
+            "{ev:?}"
+        );
+    }
+    let now = p.now;
+    assert_eq!(p.b.datagrams_dropped(), 0);
+    p.b.handle_datagram(crate::io::TEST_ADDR, &mut [1, 2, 3], now);
+    assert_eq!(p.b.datagrams_dropped(), 1);
+    assert_eq!(p.b.poll_datagram(&mut Vec::new()), None);
 }

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devp2p_core::{Bytes, Config, Event, HandshakePath, Keypair, NodeId, Protocol, ProtocolId};
+use devp2p_tokio::{Bytes, Config, Event, HandshakePath, Keypair, NodeId, Protocol, ProtocolId};
 use rand_core::OsRng;
 
-use crate::{Node, NodeConfig};
-use devp2p_core::PeerAddr;
+use devp2p_tokio::PeerAddr;
+use devp2p_tokio::{Node, NodeConfig};
 
 /// What the demo observed.
 #[derive(Debug, Default, Clone)]
@@ -253,4 +253,26 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     }
     println!("  wall time: {:.2?}", s.elapsed);
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_runs_every_path() {
+        let s = run(4).await.expect("demo");
+        assert_eq!(s.corrupt, 0);
+        assert_eq!(s.received, s.sent);
+        assert!(s.sent > 0);
+        for p in ["full (XX)", "introduced (IK)", "resumed (NNpsk0)"] {
+            assert!(s.paths.get(p).copied().unwrap_or(0) > 0, "path {p} used: {:?}", s.paths);
+        }
+        assert!(
+            s.downgrades.iter().any(|d| d == "resumed (NNpsk0) -> introduced (IK)"),
+            "{:?}",
+            s.downgrades
+        );
+        assert!(s.downgrades.iter().any(|d| d == "introduced (IK) -> full (XX)"), "{:?}", s.downgrades);
+    }
 }

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use devp2p_core::{Bytes, Config, Event, PeerAddr, Protocol, ProtocolId};
+use devp2p_tokio::{Bytes, Config, Event, PeerAddr, Protocol, ProtocolId};
 
-use crate::{Events, Messages, Node, NodeConfig};
+use devp2p_tokio::{Events, Messages, Node, NodeConfig};
 
 /// Protocols registered by bench nodes: "bench" first, then 7 more for the
 /// multi-protocol workload. `WINDOW` (bytes) overrides the receive window.
@@ -58,7 +58,7 @@ async fn receive_bulk(mut stream: Messages, count: u64, expect: Vec<Bytes>) -> R
 }
 
 /// Sends `count` 1 MiB messages on `protocol`.
-async fn send_bulk(a: Node, peer: devp2p_core::NodeId, protocol: ProtocolId, count: u64, msgs: Vec<Bytes>) {
+async fn send_bulk(a: Node, peer: devp2p_tokio::NodeId, protocol: ProtocolId, count: u64, msgs: Vec<Bytes>) {
     for seq in 0..count {
         let m = msgs[(seq % msgs.len() as u64) as usize].clone();
         if a.send(peer, protocol, 0, m).await.is_err() {
@@ -123,7 +123,7 @@ impl Receive {
 /// 64-byte messages carrying their sequence number, sent in batches of
 /// `batch` (one command per batch) and received typed, each checked in
 /// order. `packed`: each message is written into a
-/// [`SendBatch`](devp2p_core::SendBatch) (as libp2p's benchmark writes its
+/// [`SendBatch`](devp2p_tokio::SendBatch) (as libp2p's benchmark writes its
 /// messages into a buffered writer); otherwise a batch is a `Vec` of
 /// payload handles on one buffer. `recv` says how they are read. Returns
 /// messages/s.
@@ -174,7 +174,7 @@ pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> 
     let mut seq = 0u64;
     while packed && seq < count {
         let n = (count - seq).min(batch as u64);
-        let mut msgs = devp2p_core::SendBatch::with_capacity(n as usize, 64 * n as usize);
+        let mut msgs = devp2p_tokio::SendBatch::with_capacity(n as usize, 64 * n as usize);
         let mut payload = [0u8; 64];
         for i in seq..seq + n {
             payload[..8].copy_from_slice(&i.to_le_bytes());
@@ -187,7 +187,7 @@ pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> 
         let n = (count - seq).min(batch as u64);
         // The batch's payloads are slices of one buffer (as libp2p's
         // benchmark writes its messages from one buffer).
-        let mut all = bytes::BytesMut::zeroed(64 * n as usize);
+        let mut all = devp2p_tokio::bytes::BytesMut::zeroed(64 * n as usize);
         for (i, p) in (seq..seq + n).zip(all.chunks_exact_mut(64)) {
             p[..8].copy_from_slice(&i.to_le_bytes());
         }

@@ -4,6 +4,9 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod bench;
+mod demo;
+
 use clap::{Parser, Subcommand};
 use devp2p_tokio::{Bytes, Config, Event, Keypair, Node, NodeConfig, PeerAddr, Protocol, ProtocolId};
 use rand_core::OsRng;
@@ -108,7 +111,7 @@ async fn main() {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
         Cmd::Bench { only, bulk_bytes, messages, batch, send, recv, rounds, connections } => {
-            use devp2p_tokio::bench::Receive;
+            use bench::Receive;
             let packed = match send.as_str() {
                 "packed" => true,
                 "handles" => false,
@@ -120,7 +123,7 @@ async fn main() {
                 .unwrap_or_else(|| usage(&format!("--recv is batches, messages or events, not {recv}")));
             bench(only.as_deref(), bulk_bytes, (messages, batch, packed, recv), rounds, connections).await
         }
-        Cmd::Demo { nodes } => devp2p_tokio::demo::run(nodes).await.and_then(|s| {
+        Cmd::Demo { nodes } => demo::run(nodes).await.and_then(|s| {
             if s.corrupt == 0 && s.received == s.sent {
                 Ok(())
             } else {
@@ -143,11 +146,10 @@ fn usage(msg: &str) -> ! {
 async fn bench(
     only: Option<&str>,
     bulk: u64,
-    (messages, batch, packed, recv): (u64, usize, bool, devp2p_tokio::bench::Receive),
+    (messages, batch, packed, recv): (u64, usize, bool, bench::Receive),
     rounds: usize,
     connections: usize,
 ) -> Result<(), String> {
-    use devp2p_tokio::bench;
     let run = |name: &str| only.is_none_or(|o| o == name);
     // Each workload runs as a task on the runtime's workers, as an
     // application would (`main` itself runs outside the worker pool).
