@@ -4,8 +4,9 @@
 //! channel and carries a piece of one message; message boundaries are
 //! marked by the `FIRST` and `LAST` flags, so a receiver can reassemble
 //! messages of different channels interleaved chunk by chunk (one message
-//! in progress per channel), and small messages share a record. The extension range lets later versions add chunk kinds (flow
-//! control credit, for example) that older receivers skip.
+//! in progress per channel), and small messages share a record. The
+//! extension range lets later versions add chunk kinds (flow control credit,
+//! for example) that older receivers skip.
 
 use crate::varint::{self, Reader};
 

@@ -2,10 +2,10 @@
 //!
 //! The `poly1305` crate (0.8) picks its AVX2 backend at run time on x86-64,
 //! and that backend's key setup and finalization run outside any AVX2
-//! function, so every intrinsic in them is an out-of-line call: about 1.1 µs
-//! per message before the first byte is hashed. For the short records that
-//! dominate handshakes, pings and window updates that is most of the cost of
-//! the AEAD, so [`CipherState`](super::cipher::CipherState) authenticates
+//! function, so every intrinsic in them is an out-of-line call: a fixed cost
+//! per message, paid before the first byte is hashed. For the short records
+//! that dominate handshakes, pings and window updates that is most of the cost
+//! of the AEAD, so [`CipherState`](super::cipher::CipherState) authenticates
 //! inputs up to [`SHORT_MAX`](super::cipher::SHORT_MAX) with this
 //! implementation and leaves longer ones to the crate, whose AVX2 block
 //! function is the faster one there.
