@@ -53,7 +53,7 @@ impl fmt::Display for BatchError {
 
 impl core::error::Error for BatchError {}
 
-/// Why a new connection was refused by [`Node::connect`](crate::Node::connect)
+/// Why a new connection was refused by [`Node::dial`](crate::Node::dial)
 /// or [`Node::accept`](crate::Node::accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -80,6 +80,7 @@ impl DisconnectReason {
     /// The reason as sent to the peer: local-only reasons become `Requested`.
     pub fn on_wire(self) -> Self {
         match self {
+            // `Unknown(254 | 255)` is never decoded, but an application may build it.
             DisconnectReason::TransportClosed
             | DisconnectReason::Unreachable
             | DisconnectReason::Unknown(254 | 255) => DisconnectReason::Requested,
