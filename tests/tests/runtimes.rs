@@ -710,3 +710,69 @@ async fn next_is_cancel_safe_tokio() {
 async fn next_is_cancel_safe_smol() {
     next_is_cancel_safe(Smol).await;
 }
+
+/// A dial to an address where nobody listens fails as `Unreachable`, on
+/// both runtimes, and the node dials on afterwards.
+async fn a_dial_to_a_closed_port_fails_as_unreachable(rt: Runtime) {
+    let (a, mut ea) = spawn_on(rt, "127.0.0.1:0", None).await;
+    // A port that was just free: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let err = a.dial_typed(PeerAddr::from(closed)).await.expect_err("nobody listens");
+    assert!(matches!(err, devp2p_tokio::DialError::Failed(DisconnectReason::Unreachable)), "{err:?}");
+    let e = expect_event(&mut ea, |e| matches!(e, Event::ConnectionFailed { .. })).await;
+    assert!(matches!(e, Event::ConnectionFailed { reason: DisconnectReason::Unreachable, peer: None, .. }));
+    let (b, _eb) = spawn_on(rt, "127.0.0.1:0", None).await;
+    assert_eq!(a.dial(b.peer_addr()).await.expect("dial"), b.node_id());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_a_closed_port_fails_as_unreachable_tokio() {
+    a_dial_to_a_closed_port_fails_as_unreachable(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_a_closed_port_fails_as_unreachable_smol() {
+    a_dial_to_a_closed_port_fails_as_unreachable(Smol).await;
+}
+
+/// Datagrams reach the core with their source address: on both runtimes,
+/// over IPv4 and IPv6 where present, each counted as dropped (no part of
+/// the node reads datagrams yet).
+async fn datagrams_reach_the_core(rt: Runtime) {
+    let mut cfg = devp2p_tokio::NodeConfig::new(Config::with_protocols(devp2p_integration::protocols()))
+        .datagram_listen("127.0.0.1:0".parse().expect("addr"));
+    if ipv6() {
+        cfg = cfg.datagram_listen("[::1]:0".parse().expect("addr"));
+    }
+    let (a, _ea) = devp2p_integration::spawn_node(rt, cfg).await;
+    let addrs = a.datagram_addrs();
+    assert!(addrs.iter().all(|a| a.port() != 0), "{addrs:?}");
+    let mut sent = 0;
+    for to in &addrs {
+        let from = if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+        let s = std::net::UdpSocket::bind(from).expect("bind");
+        for i in 0..10u8 {
+            s.send_to(&[i; 100], to).expect("send");
+            sent += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.datagrams_dropped().await < sent {
+        assert!(std::time::Instant::now() < deadline, "only {} of {sent}", a.datagrams_dropped().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.datagrams_dropped().await, sent);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_reach_the_core_tokio() {
+    datagrams_reach_the_core(Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_reach_the_core_smol() {
+    datagrams_reach_the_core(Smol).await;
+}
