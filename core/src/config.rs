@@ -3,7 +3,9 @@
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use crate::protocol::Protocol;
+use core::fmt;
+
+use crate::protocol::{Hello, Protocol, MAX_PROTOCOL_NAME};
 
 /// Largest plaintext a record can carry: a frame body is at most 65535
 /// bytes, of which 16 are the authentication tag.
@@ -184,5 +186,75 @@ impl Config {
     /// The padded plaintext length for a record of `plain` bytes.
     pub(crate) fn padded_len(&self, plain: usize) -> usize {
         self.padding_buckets.iter().map(|b| b - TAG).filter(|&b| b >= plain).min().unwrap_or(plain)
+    }
+}
+
+/// Room the handshake needs besides the hello: kind byte, ticket id, two
+/// keys and two tags.
+const HANDSHAKE_OVERHEAD: usize = 1 + 16 + 32 + 48 + 16;
+
+/// A configuration the node cannot run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A protocol name is empty or longer than 64 bytes.
+    BadProtocolName,
+    /// The hello listing every protocol does not fit in one handshake frame,
+    /// or more than 65535 protocols are registered.
+    TooManyProtocols,
+    /// The same protocol name and version is registered twice.
+    DuplicateProtocol,
+    /// `max_message_size` exceeds `max_reassembly_per_peer` (messages the
+    /// node advertises as acceptable would be refused), or
+    /// `max_transmit_size` is zero, or a padding bucket is outside 80..=65535.
+    InconsistentLimits,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfigError::BadProtocolName => "protocol names must be 1 to 64 bytes",
+            ConfigError::TooManyProtocols => "the registered protocols do not fit in a handshake",
+            ConfigError::DuplicateProtocol => "a protocol name and version is registered twice",
+            ConfigError::InconsistentLimits => "max_message_size exceeds max_reassembly_per_peer",
+        })
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks that a node can run with this configuration: protocol names
+    /// of 1 to 64 bytes, no protocol registered twice, a hello that fits
+    /// every handshake frame (SPEC.md §5.4), consistent limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.protocols.iter().any(|p| p.name.is_empty() || p.name.len() > MAX_PROTOCOL_NAME) {
+            return Err(ConfigError::BadProtocolName);
+        }
+        if self.protocols.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyProtocols);
+        }
+        for (i, p) in self.protocols.iter().enumerate() {
+            if self.protocols[..i].iter().any(|q| q.name == p.name && q.version == p.version) {
+                return Err(ConfigError::DuplicateProtocol);
+            }
+        }
+        if self.max_message_size > self.max_reassembly_per_peer as u64
+            || self.max_transmit_size == 0
+            || self.padding_buckets.iter().any(|b| !(64 + 16..=65_535).contains(b))
+        {
+            return Err(ConfigError::InconsistentLimits);
+        }
+        let mut hello = Vec::new();
+        Hello::local(&self.protocols, self.max_message_size, self.receive_window).encode(&mut hello);
+        if hello.len() + HANDSHAKE_OVERHEAD > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyProtocols);
+        }
+        Ok(())
+    }
+
+    /// The burst of a bandwidth cap: one full record and its framing.
+    pub(crate) fn burst(&self) -> u64 {
+        (self.record_size() + 18) as u64
     }
 }

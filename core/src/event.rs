@@ -3,9 +3,9 @@
 use alloc::vec::Vec;
 use bytes::Bytes;
 
-use crate::batch::MessageBatch;
-use crate::connection::ConnectionId;
 use crate::identity::NodeId;
+use crate::ids::ConnectionId;
+use crate::message::{Message, MessageBatch, UnsentMessage};
 use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;
 
@@ -27,36 +27,6 @@ pub enum HandshakePath {
     Introduced,
     /// Resumption keyed by the previous session's secret (Noise `NNpsk0`, 1 round trip).
     Resumed,
-}
-
-/// A message that was queued but not completely handed to the transport
-/// when its connection closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsentMessage {
-    /// The protocol it was sent on.
-    pub protocol: ProtocolId,
-    /// Its message type.
-    pub msg_type: u32,
-    /// Its payload.
-    pub payload: Bytes,
-}
-
-/// A complete message, as a runtime hands it to a per-protocol stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Sender.
-    pub peer: NodeId,
-    /// The connection it arrived on (what [`Node::consume`](crate::Node::consume) takes).
-    pub connection: ConnectionId,
-    /// Protocol.
-    pub protocol: ProtocolId,
-    /// Message type within the protocol.
-    pub msg_type: u32,
-    /// Payload. Small messages (up to 4 KiB) that arrived whole in one record
-    /// share an allocation of up to 16 KiB with other small messages of the
-    /// peer, so one kept alive keeps up to 16 KiB alive: copy a payload you
-    /// keep for long (`Bytes::copy_from_slice`).
-    pub payload: Bytes,
 }
 
 /// An event for the application, returned by [`Node::poll_event`](crate::Node::poll_event).

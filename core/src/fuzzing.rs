@@ -13,9 +13,7 @@ use core::time::Duration;
 
 use bytes::Bytes;
 
-use crate::chunk;
 use crate::config::Config;
-use crate::control::Control;
 use crate::crypto::CipherState;
 use crate::event::Event;
 use crate::identity::{Keypair, NodeId};
@@ -25,7 +23,9 @@ use crate::reason::DisconnectReason;
 use crate::rng::SeededRng;
 use crate::session::{PeerLimits, Session};
 use crate::time::Instant;
-use crate::varint::Reader;
+use crate::wire::chunk;
+use crate::wire::control::Control;
+use crate::wire::varint::Reader;
 use crate::ConnectionId;
 
 fn protocols() -> Vec<Protocol> {
@@ -139,7 +139,7 @@ pub fn record(data: &[u8]) {
                 let mut r = Reader::new(plain);
                 while let Ok(Some(c)) = chunk::decode(&mut r) {
                     if let chunk::Chunk::Data { channel: 0, start: Some(st), .. } = c {
-                        if st.msg_type == crate::control::kind::REKEY {
+                        if st.msg_type == crate::wire::control::kind::REKEY {
                             sender.rekey();
                         }
                     }

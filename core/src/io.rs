@@ -4,7 +4,7 @@
 
 use core::net::SocketAddr;
 
-use crate::connection::ConnectionId;
+use crate::ids::ConnectionId;
 
 /// A transport the runtime must open, from [`Node::poll_dial`](crate::Node::poll_dial).
 ///

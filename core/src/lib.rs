@@ -5,9 +5,11 @@
 //! over one connection.
 //!
 //! This crate performs **no I/O**: it opens no sockets, reads no clock,
-//! spawns nothing and draws no randomness of its own. Bytes received, timer
-//! expiries and application commands go in; bytes to send, deadlines and
-//! application events come out. Time is an [`Instant`] the caller passes;
+//! spawns nothing and draws no randomness of its own. Stream bytes and
+//! datagrams received (with their addresses), answers to its dials, timer
+//! expiries and application commands go in; stream bytes and datagrams to
+//! send, transports to open and close, deadlines and application events
+//! come out. It decides every dial itself. Time is an [`Instant`] the caller passes;
 //! randomness comes from a caller-provided [`rand_core::CryptoRngCore`].
 //! The same state machine is driven by the tokio and smol runtimes, by the
 //! deterministic simulator, and by the fuzzers. It is `#![no_std]` and needs
@@ -27,22 +29,24 @@
 //!
 //! ## Module map
 //!
+//! Each concept in one place; modules import only downwards (`node` at the
+//! top, the codecs and identifiers at the bottom).
+//!
 //! | module | concept |
 //! |---|---|
+//! | `node` | the root: [`Node`] (`mod.rs`), its commands, inputs, outputs and closing, one file each |
+//! | `transport` | the connection table and admission (`table`), one connection's framing and phases (`connection`), the first-packet paths (`handshake`) |
+//! | `session` | an established session: send-queue admission (`queue`), sealing (`seal`), opening and reassembly (`open`), delivery (`delivery`), scheduling (`scheduler`), flow control (`flow`) |
+//! | `wire` | pure codecs: `varint`, `chunk`, `control` |
 //! | `crypto` | SHA-256/HKDF, ChaCha20-Poly1305 cipher state, Noise handshakes |
-//! | `handshake` | first-packet paths (full, introduced, resumption) and retries |
-//! | `protocol` | sub-protocol registration, hello payload, negotiation |
-//! | `chunk`, `control`, `varint` | wire codecs |
-//! | `session` | records, chunking, reassembly, keepalive, rekey |
-//! | `scheduler` | per-protocol send queues: weighted round robin, priority lane |
-//! | `flow` | per-protocol credit windows (flow control) |
-//! | `shaping` | token buckets for bandwidth caps |
-//! | `connection` | framing and phases of one transport |
+//! | `protocol` | sub-protocol registration, the hello payload, negotiation |
+//! | `config` | [`Config`], its validation ([`ConfigError`]) |
+//! | `message`, `event` | what the application sees: messages and batches, events |
+//! | `io` | what the runtime is asked to do besides writing: [`Dial`] |
 //! | `knowledge` | resumption tickets |
-//! | `node` | the endpoint |
-//! | `batch` | messages delivered or sent together in one buffer |
-//! | `waiters` | dials and sends a runtime's async API waits on; consumed-message notes |
-//! | `addr` | `NODEID@host:port` addresses |
+//! | `shaping` | token buckets for bandwidth caps |
+//! | `waiters` | dials and sends a runtime's async API waits on; draining outputs ([`Outputs`]) |
+//! | `identity`, `ids`, `addr`, `reason`, `error`, `time`, `rng`, `metrics` | keys and node IDs, connection ids, `NODEID@host:port`, reason codes, command errors, time, seeded randomness, counters |
 //!
 //! The wire format is specified byte for byte in `SPEC.md`.
 #![no_std]
@@ -54,30 +58,26 @@ extern crate alloc;
 extern crate std;
 
 mod addr;
-mod batch;
-mod chunk;
 mod config;
-mod connection;
-mod control;
 mod crypto;
 mod error;
 mod event;
-mod flow;
-mod handshake;
 mod identity;
+mod ids;
 mod io;
 mod knowledge;
+mod message;
 mod metrics;
 mod node;
 mod protocol;
 mod reason;
 mod rng;
-mod scheduler;
 mod session;
 mod shaping;
 mod time;
-pub mod varint;
+mod transport;
 mod waiters;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -86,23 +86,21 @@ mod tests;
 pub mod fuzzing;
 
 pub use addr::{ParseAddrError, PeerAddr};
-pub use batch::{MessageBatch, MessageBatchIntoIter, MessageBatchIter, SendBatch};
 pub use bytes::{self, Bytes};
-pub use config::{Config, MAX_RECORD_PLAINTEXT};
-pub use connection::ConnectionId;
-pub use crypto::{CipherState, CryptoError};
+pub use config::{Config, ConfigError, MAX_RECORD_PLAINTEXT};
 pub use error::{BatchError, ConnectError, SendError};
-pub use event::{Delivered, Direction, Event, HandshakePath, Message, UnsentMessage};
-pub use flow::MESSAGE_OVERHEAD;
-pub use handshake::HandshakeError;
+pub use event::{Delivered, Direction, Event, HandshakePath};
 pub use identity::{Keypair, NodeId};
+pub use ids::ConnectionId;
 pub use io::Dial;
 pub use knowledge::{Ticket, TICKET_ID_LEN};
+pub use message::{Message, MessageBatch, MessageBatchIntoIter, MessageBatchIter, SendBatch, UnsentMessage};
 pub use metrics::{PeerMetrics, ProtocolMetrics};
-pub use node::{Broadcast, ConfigError, Node};
-pub use protocol::{HelloError, Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
+pub use node::{Broadcast, Node};
+pub use protocol::{Protocol, ProtocolId, MAX_PROTOCOL_NAME, WIRE_VERSION};
 pub use rand_core;
 pub use reason::DisconnectReason;
 pub use rng::SeededRng;
+pub use session::flow::MESSAGE_OVERHEAD;
 pub use time::Instant;
 pub use waiters::{Consumed, Outputs, Waiters};

@@ -5,7 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::varint::{self, Reader};
+use crate::wire::varint::{self, Reader};
 
 /// The devp2p wire version this implementation speaks: 2 (version 1 gave a
 /// whole message's chunk a `len` field equal to its `total_len`; SPEC.md §15).
@@ -76,7 +76,7 @@ mod tag {
 
 /// A malformed hello payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     /// A field or value was cut short.
     Truncated,
     /// The required wire version field is missing.

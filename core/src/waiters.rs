@@ -9,12 +9,12 @@ use core::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::addr::PeerAddr;
-use crate::batch::SendBatch;
-use crate::connection::ConnectionId;
 use crate::error::{BatchError, ConnectError, SendError};
 use crate::event::Event;
 use crate::identity::NodeId;
+use crate::ids::ConnectionId;
 use crate::io::Dial;
+use crate::message::SendBatch;
 use crate::node::Node;
 use crate::protocol::ProtocolId;
 use crate::reason::DisconnectReason;

@@ -24,7 +24,7 @@ pub(crate) const SHORT_MAX: usize = 4096;
 
 /// A failure of an AEAD operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CryptoError {
+pub(crate) enum CryptoError {
     /// The ciphertext did not authenticate under this key and nonce.
     Decrypt,
     /// The 64-bit nonce counter is exhausted; the key must not be used again.
@@ -50,7 +50,7 @@ impl fmt::Display for CryptoError {
 /// `0x00000000 || little-endian u64 counter` ([Noise rev 34 §5.1], §12.3).
 ///
 /// [Noise rev 34 §5.1]: https://noiseprotocol.org/noise.html#the-cipherstate-object
-pub struct CipherState {
+pub(crate) struct CipherState {
     cipher: ChaCha20Poly1305,
     key: [u8; 32],
     nonce: u64,
@@ -90,7 +90,7 @@ fn nonce_bytes(n: u64) -> Nonce {
 
 impl CipherState {
     /// A cipher state with key `key` and nonce 0.
-    pub fn new(key: [u8; 32]) -> Self {
+    pub(crate) fn new(key: [u8; 32]) -> Self {
         CipherState {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
             key,
@@ -124,7 +124,7 @@ impl CipherState {
     }
 
     /// The next nonce this state will use.
-    pub fn nonce(&self) -> u64 {
+    pub(crate) fn nonce(&self) -> u64 {
         self.nonce
     }
 
@@ -140,7 +140,7 @@ impl CipherState {
 
     /// Encrypts `buf` in place with associated data `ad` and returns the tag,
     /// which the caller appends.
-    pub fn seal_in_place(&mut self, ad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+    pub(crate) fn seal_in_place(&mut self, ad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
         let n = self.take_nonce()?;
         #[cfg(feature = "ring")]
         if let Some(k) = &self.fast {
@@ -165,7 +165,7 @@ impl CipherState {
 
     /// Decrypts `buf` in place, checking `tag`. On failure `buf` is unspecified
     /// and the nonce is still consumed (the connection is then unusable anyway).
-    pub fn open_in_place(
+    pub(crate) fn open_in_place(
         &mut self,
         ad: &[u8],
         buf: &mut [u8],
@@ -281,7 +281,7 @@ impl CipherState {
     /// Noise `Rekey()`: `k = ENCRYPT(k, 2^64-1, "", zeros(32))[..32]`. The
     /// nonce counter is reset to zero (devp2p rekeys on an explicit signal,
     /// see SPEC.md "Rekeying").
-    pub fn rekey(&mut self) {
+    pub(crate) fn rekey(&mut self) {
         let mut k = [0u8; 32];
         short_seal(&self.key, &nonce_bytes(u64::MAX), b"", &mut k);
         *self = CipherState::new(k);

@@ -6,4 +6,4 @@ pub(crate) mod hash;
 pub(crate) mod noise;
 pub(crate) mod poly1305;
 
-pub use cipher::{CipherState, CryptoError};
+pub(crate) use cipher::{CipherState, CryptoError};

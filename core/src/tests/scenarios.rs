@@ -1117,7 +1117,7 @@ fn caught_up_credit_rides_with_a_reply_or_follows_within_the_delay() {
     // Without a reply it follows on its own within the delay.
     consume_one(&mut p);
     assert_eq!(credit(&mut p), full - 116);
-    p.advance(crate::flow::CAUGHT_UP_DELAY);
+    p.advance(crate::session::flow::CAUGHT_UP_DELAY);
     assert_eq!(credit(&mut p), full);
 }
 

@@ -42,7 +42,7 @@ impl Outgoing {
     /// Moves the next packed message to the head. False if none is left.
     fn load_next(&mut self) -> bool {
         let Some(p) = self.more.as_deref_mut() else { return false };
-        let Some((msg_type, range)) = crate::batch::entry_range(&p.ends, p.next) else { return false };
+        let Some((msg_type, range)) = crate::message::entry_range(&p.ends, p.next) else { return false };
         self.payload = p.data.slice(range);
         self.msg_type = msg_type;
         self.offset = 0;

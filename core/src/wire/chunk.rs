@@ -8,7 +8,7 @@
 //! extension range lets later versions add chunk kinds (flow control credit,
 //! for example) that older receivers skip.
 
-use crate::varint::{self, Reader};
+use crate::wire::varint::{self, Reader};
 
 /// Tag of the padding chunk: the rest of the record is padding.
 pub(crate) const TAG_PADDING: u8 = 0x00;

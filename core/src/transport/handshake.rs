@@ -14,11 +14,11 @@ use core::fmt;
 
 use rand_core::CryptoRngCore;
 
-use crate::connection::ConnectionId;
 use crate::crypto::noise::{HandshakeResult, HandshakeState, Pattern, IK, NNPSK0, XX};
 use crate::crypto::CryptoError;
 use crate::event::{Event, HandshakePath};
 use crate::identity::{Keypair, NodeId};
+use crate::ids::ConnectionId;
 use crate::knowledge::{Ticket, TicketStore, TICKET_ID_LEN};
 use crate::reason::DisconnectReason;
 use crate::time::Instant;
@@ -78,7 +78,7 @@ pub(crate) struct HandshakeCtx<'a> {
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     /// A frame of a kind not valid at this point.
     UnexpectedFrame(u8),
     /// A Noise message failed (truncated, bad tag, low-order key).

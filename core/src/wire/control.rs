@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 
 use crate::reason::DisconnectReason;
-use crate::varint::Reader;
+use crate::wire::varint::Reader;
 
 /// Largest control message payload accepted.
 pub(crate) const MAX_CONTROL_PAYLOAD: usize = 1024;

@@ -11,7 +11,7 @@
 //! sender, and no other protocol. What a receiver holds unconsumed per
 //! channel is thus at most `max(window, largest message + overhead)`.
 
-use crate::varint::{self, Reader};
+use crate::wire::varint::{self, Reader};
 
 /// Flow-control cost of a message besides its payload bytes, so that empty
 /// messages are not free.
@@ -314,8 +314,8 @@ mod tests {
             write_update(&mut out, channel, inc);
             prop_assert_eq!(out.len(), update_len(channel, inc));
             let mut r = Reader::new(&out);
-            match crate::chunk::decode(&mut r) {
-                Ok(Some(crate::chunk::Chunk::Extension { tag, body })) => {
+            match crate::wire::chunk::decode(&mut r) {
+                Ok(Some(crate::wire::chunk::Chunk::Extension { tag, body })) => {
                     prop_assert_eq!(tag, TAG_WINDOW_UPDATE);
                     prop_assert_eq!(decode_update(body), Some((channel, inc)));
                 }

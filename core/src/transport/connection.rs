@@ -2,27 +2,17 @@
 //! session. The [`Node`](crate::Node) owns every connection by value.
 
 use alloc::vec::Vec;
-use core::fmt;
 use core::net::SocketAddr;
 
 use crate::event::{Direction, HandshakePath};
-use crate::handshake::Handshake;
 use crate::identity::NodeId;
+
 use crate::knowledge::Ticket;
 use crate::reason::DisconnectReason;
 use crate::session::Session;
 use crate::shaping::TokenBucket;
 use crate::time::Instant;
-
-/// Identifies a connection within one node. Never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnectionId(pub u64);
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}", self.0)
-    }
-}
+use crate::transport::handshake::Handshake;
 
 /// Length of the frame header: a big-endian `u16` body length.
 pub(crate) const FRAME_HEADER: usize = 2;
@@ -76,6 +66,27 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// A connection in `phase` that must be announced by `handshake_deadline`.
+    pub(crate) fn new(
+        direction: Direction,
+        remote: SocketAddr,
+        phase: Phase,
+        handshake_deadline: Instant,
+        rate: Option<TokenBucket>,
+    ) -> Self {
+        Connection {
+            direction,
+            remote,
+            phase,
+            partial: Vec::new(),
+            plain_out: Vec::new(),
+            write_in_flight: false,
+            closing: None,
+            handshake_deadline,
+            rate,
+        }
+    }
+
     /// True until the peer is announced (handshake in progress, or a
     /// 1-RTT responder waiting for the initiator's first record).
     pub(crate) fn is_handshaking(&self) -> bool {

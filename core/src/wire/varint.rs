@@ -7,15 +7,15 @@
 use alloc::vec::Vec;
 
 /// The largest value a varint can carry.
-pub const MAX: u64 = (1 << 62) - 1;
+pub(crate) const MAX: u64 = (1 << 62) - 1;
 
 /// Input ended in the middle of a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnexpectedEnd;
+pub(crate) struct UnexpectedEnd;
 
 /// Number of bytes `v` takes when encoded.
 #[inline]
-pub fn len(v: u64) -> usize {
+pub(crate) fn len(v: u64) -> usize {
     if v < 1 << 6 {
         1
     } else if v < 1 << 14 {
@@ -28,7 +28,7 @@ pub fn len(v: u64) -> usize {
 }
 
 /// Appends `v` (which must be at most [`MAX`]; larger values are clamped) to `out`.
-pub fn write(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn write(out: &mut Vec<u8>, v: u64) {
     let v = v.min(MAX);
     match len(v) {
         1 => out.push(v as u8),
@@ -41,7 +41,7 @@ pub fn write(out: &mut Vec<u8>, v: u64) {
 /// Writes `v` into the start of `out` and returns the bytes written, or
 /// `None` if `out` is too short.
 #[inline]
-pub fn write_to(out: &mut [u8], v: u64) -> Option<usize> {
+pub(crate) fn write_to(out: &mut [u8], v: u64) -> Option<usize> {
     let v = v.min(MAX);
     let n = len(v);
     let dst = out.get_mut(..n)?;
@@ -56,29 +56,29 @@ pub fn write_to(out: &mut [u8], v: u64) -> Option<usize> {
 
 /// A cursor over a byte slice that decodes the wire primitives.
 #[derive(Debug, Clone)]
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`.
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
 
     /// Bytes not yet read.
-    pub fn remaining(&self) -> &'a [u8] {
+    pub(crate) fn remaining(&self) -> &'a [u8] {
         self.buf
     }
 
     /// True when everything was read.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// Reads one byte.
     #[inline]
-    pub fn u8(&mut self) -> Result<u8, UnexpectedEnd> {
+    pub(crate) fn u8(&mut self) -> Result<u8, UnexpectedEnd> {
         let (&b, rest) = self.buf.split_first().ok_or(UnexpectedEnd)?;
         self.buf = rest;
         Ok(b)
@@ -86,7 +86,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a varint.
     #[inline(always)]
-    pub fn varint(&mut self) -> Result<u64, UnexpectedEnd> {
+    pub(crate) fn varint(&mut self) -> Result<u64, UnexpectedEnd> {
         let first = *self.buf.first().ok_or(UnexpectedEnd)?;
         let (v, n) = match first >> 6 {
             0 => (u64::from(first), 1),
@@ -109,7 +109,7 @@ impl<'a> Reader<'a> {
 
     /// Reads `n` bytes.
     #[inline]
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], UnexpectedEnd> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], UnexpectedEnd> {
         if self.buf.len() < n {
             return Err(UnexpectedEnd);
         }
@@ -119,7 +119,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a fixed-size array.
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], UnexpectedEnd> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], UnexpectedEnd> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.bytes(N)?);
         Ok(a)
