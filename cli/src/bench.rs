@@ -16,12 +16,12 @@ fn config() -> Config {
     let mut protocols = vec![Protocol::new("bench", 1, 2)];
     protocols.extend((1..8).map(|i| Protocol::new(format!("bulk-{i}"), 1, 1)));
     let mut c = Config::with_protocols(protocols);
-    c.max_queued_per_peer = 64 << 20;
-    c.max_queued_per_protocol = 16 << 20;
-    c.max_message_size = 1 << 20;
-    c.max_reassembly_per_peer = 16 << 20;
+    c.limits.max_queued_per_peer = 64 << 20;
+    c.limits.max_queued_per_protocol = 16 << 20;
+    c.limits.max_message_size = 1 << 20;
+    c.limits.max_reassembly_per_peer = 16 << 20;
     if let Ok(w) = std::env::var("WINDOW") {
-        c.receive_window = w.parse().expect("WINDOW");
+        c.flow.receive_window = w.parse().expect("WINDOW");
     }
     c
 }

@@ -46,7 +46,7 @@ fn protocols() -> Vec<Protocol> {
 
 async fn start(key: Keypair, port4: u16) -> std::io::Result<DemoNode> {
     let mut core = Config::with_protocols(protocols());
-    core.keepalive_interval = Duration::from_millis(100);
+    core.timeouts.keepalive = Duration::from_millis(100);
     let mut cfg =
         NodeConfig::new(core).keypair(key.clone()).listen(SocketAddr::from(([127, 0, 0, 1], port4)));
     // IPv6 loopback too, where the machine has it.

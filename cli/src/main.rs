@@ -8,7 +8,7 @@ mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
-use devp2p_tokio::{Bytes, Config, Event, Keypair, Node, NodeConfig, PeerAddr, Protocol, ProtocolId};
+use devp2p_tokio::{Bytes, Config, Event, Keypair, Node, NodeConfig, PeerAddr, Protocol};
 use rand_core::OsRng;
 
 #[derive(Parser)]
@@ -191,7 +191,8 @@ fn keygen(out: Option<PathBuf>) -> Result<(), String> {
 }
 
 async fn node(listen: Vec<SocketAddr>, dial: Vec<PeerAddr>, key: Option<String>) -> Result<(), String> {
-    let core = Config::with_protocols(vec![Protocol::new("chat", 1, 1)]);
+    let mut core = Config::default();
+    let chat = core.register(Protocol::new("chat", 1, 1));
     let mut cfg = NodeConfig::new(core);
     cfg.listen = listen;
     if let Some(k) = key {
@@ -251,7 +252,7 @@ async fn node(listen: Vec<SocketAddr>, dial: Vec<PeerAddr>, key: Option<String>)
                 }
                 Some(l) => {
                     for p in node.peers().await {
-                        if let Err(e) = node.send(p, ProtocolId(0), 0, Bytes::from(l.clone())).await {
+                        if let Err(e) = node.send(p, chat, 0, Bytes::from(l.clone())).await {
                             println!("! send to {p:?} failed: {e}");
                         }
                     }

@@ -84,13 +84,13 @@ fn config(protocols: u16) -> Config {
         (0..protocols).map(|i| Protocol::new(format!("bench-{i}"), 1, 4)).collect();
     protocols[0] = Protocol::new("bench", 1, 4);
     let mut c = Config::with_protocols(protocols);
-    c.max_queued_per_peer = 64 << 20;
-    c.max_queued_total = 64 << 20;
-    c.max_queued_per_protocol = 64 << 20;
-    c.max_reassembly_per_peer = 16 << 20;
-    c.max_transmit_size = std::env::var("TX").map(|v| v.parse().expect("TX")).unwrap_or(256 << 10);
+    c.limits.max_queued_per_peer = 64 << 20;
+    c.limits.max_queued_total = 64 << 20;
+    c.limits.max_queued_per_protocol = 64 << 20;
+    c.limits.max_reassembly_per_peer = 16 << 20;
+    c.records.max_transmit_size = std::env::var("TX").map(|v| v.parse().expect("TX")).unwrap_or(256 << 10);
     if let Ok(r) = std::env::var("RECORD") {
-        c.max_record_size = r.parse().expect("RECORD");
+        c.records.max_record_size = r.parse().expect("RECORD");
     }
     c
 }

@@ -33,15 +33,14 @@ fn protocols() -> Vec<Protocol> {
 }
 
 fn small_config() -> Config {
-    Config {
-        max_message_size: 64 << 10,
-        max_reassembly_per_peer: 128 << 10,
-        max_queued_per_peer: 256 << 10,
-        max_queued_total: 1 << 20,
-        max_record_size: 4096,
-        receive_window: 16 << 10,
-        ..Config::with_protocols(protocols())
-    }
+    let mut c = Config::with_protocols(protocols());
+    c.limits.max_message_size = 64 << 10;
+    c.limits.max_reassembly_per_peer = 128 << 10;
+    c.limits.max_queued_per_peer = 256 << 10;
+    c.limits.max_queued_total = 1 << 20;
+    c.records.max_record_size = 4096;
+    c.flow.receive_window = 16 << 10;
+    c
 }
 
 fn node(seed: u64) -> Node {
@@ -150,9 +149,9 @@ pub fn record(data: &[u8]) {
                 break;
             }
         }
-        assert!(s.reassembly_bytes() <= config.max_reassembly_per_peer);
+        assert!(s.reassembly_bytes() <= config.limits.max_reassembly_per_peer);
         // What flow control lets a peer leave unconsumed, per channel.
-        let bound = config.receive_window.max(config.max_message_size + crate::MESSAGE_OVERHEAD);
+        let bound = config.flow.receive_window.max(config.limits.max_message_size + crate::MESSAGE_OVERHEAD);
         for p in s.metrics().protocols {
             assert!(p.unconsumed <= bound, "flow control bound");
         }
@@ -171,7 +170,7 @@ pub fn record(data: &[u8]) {
     for e in events.into_iter().flat_map(each_message) {
         if let Event::Message { protocol, msg_type, payload, .. } = e {
             assert!(protocol.0 < 2 && msg_type < 4);
-            assert!(payload.len() as u64 <= config.max_message_size);
+            assert!(payload.len() as u64 <= config.limits.max_message_size);
         }
     }
     // Bytes that were not sealed never authenticate.
@@ -212,10 +211,10 @@ fn each_message(e: Event) -> Vec<Event> {
 fn check_bounds(n: &Node) {
     let c = n.config();
     let conns = n.connection_count();
-    let bound =
-        c.max_queued_total + conns * (c.max_reassembly_per_peer + c.max_message_size as usize + 3 * 65_537);
+    let bound = c.limits.max_queued_total
+        + conns * (c.limits.max_reassembly_per_peer + c.limits.max_message_size as usize + 3 * 65_537);
     assert!(n.buffered_bytes() <= bound, "node holds {} bytes, bound {bound}", n.buffered_bytes());
-    assert!(conns <= c.max_connections);
+    assert!(conns <= c.limits.max_connections);
 }
 
 /// The responder side of a handshake. Mode byte: 0 = the rest is raw

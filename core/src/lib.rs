@@ -87,7 +87,9 @@ pub mod fuzzing;
 
 pub use addr::{ParseAddrError, PeerAddr};
 pub use bytes::{self, Bytes};
-pub use config::{Config, ConfigError, MAX_RECORD_PLAINTEXT};
+pub use config::{
+    Config, ConfigError, Flow, Limits, Records, Rekey, Resumption, Shaping, Timeouts, MAX_RECORD_PLAINTEXT,
+};
 pub use error::{BatchError, ConnectError, SendError};
 pub use event::{Delivered, Direction, Event, HandshakePath};
 pub use identity::{Keypair, NodeId};

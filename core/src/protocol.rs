@@ -42,7 +42,9 @@ impl Protocol {
     }
 }
 
-/// The index of a locally registered protocol, in registration order.
+/// A locally registered protocol: what [`Config::register`](crate::Config::register)
+/// returns. It is the protocol's index in registration order, so build one
+/// by hand only from a list that never changes order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ProtocolId(pub u16);
 

@@ -177,7 +177,7 @@ impl<R: Runtime> Node<R> {
         let datagram_addrs = udp.iter().map(|(_, a)| *a).collect();
         // Credit goes back when the application takes a message from us.
         let mut core_config = config.core.clone();
-        core_config.manual_consume = true;
+        core_config.flow.manual_consume = true;
         let core = devp2p_core::Node::new(core_config, keypair, Box::new(OsRng), devp2p_core::Instant::ZERO)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (cmd_tx, cmd_rx) = async_channel::bounded(1024);

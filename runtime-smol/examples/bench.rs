@@ -16,10 +16,10 @@ use devp2p_smol::{Messages, Node, NodeConfig};
 
 fn config() -> Config {
     let mut c = Config::with_protocols(vec![Protocol::new("bench", 1, 2)]);
-    c.max_queued_per_peer = 64 << 20;
-    c.max_queued_per_protocol = 16 << 20;
-    c.max_message_size = 1 << 20;
-    c.max_reassembly_per_peer = 16 << 20;
+    c.limits.max_queued_per_peer = 64 << 20;
+    c.limits.max_queued_per_protocol = 16 << 20;
+    c.limits.max_message_size = 1 << 20;
+    c.limits.max_reassembly_per_peer = 16 << 20;
     c
 }
 

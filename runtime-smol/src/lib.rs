@@ -7,14 +7,15 @@
 //! [`Runtime`](devp2p_runtime::Runtime) implementation for smol.
 //!
 //! ```no_run
-//! use devp2p_smol::{Config, Event, Node, NodeConfig, Protocol, ProtocolId};
+//! use devp2p_smol::{Config, Event, Node, NodeConfig, Protocol};
 //!
 //! smol::block_on(async {
-//!     let config = NodeConfig::new(Config::with_protocols(vec![Protocol::new("chat", 1, 1)]))
-//!         .listen("127.0.0.1:0".parse().unwrap());
+//!     let mut core = Config::default();
+//!     let chat = core.register(Protocol::new("chat", 1, 1));
+//!     let config = NodeConfig::new(core).listen("127.0.0.1:0".parse().unwrap());
 //!     let (node, mut events) = Node::spawn(config).await.expect("bind");
 //!     let peer = node.dial("127.0.0.1:30303".parse().unwrap()).await.expect("dial");
-//!     node.send(peer, ProtocolId(0), 0, b"hello".to_vec().into()).await.expect("send");
+//!     node.send(peer, chat, 0, b"hello".to_vec().into()).await.expect("send");
 //!     while let Some(event) = events.next().await {
 //!         if let Event::Message { payload, .. } = event {
 //!             println!("{payload:?}");

@@ -270,7 +270,7 @@ impl Sim {
         let rng = self.rng.fork();
         // The simulated application says when it consumed a message.
         let mut config = self.config.node.clone();
-        config.manual_consume = true;
+        config.flow.manual_consume = true;
         Node::new(config, key.clone(), Box::new(rng), self.now).expect("valid sim config")
     }
 
@@ -980,19 +980,24 @@ impl Sim {
         for (i, h) in self.hosts.iter().enumerate() {
             if let Some(n) = &h.node {
                 let conns = n.connection_count();
-                let bound = c.max_queued_total.min(conns * c.max_queued_per_peer + conns * (64 << 10))
-                    + conns * (c.max_reassembly_per_peer + c.max_message_size as usize + 3 * 65_537);
+                let bound =
+                    c.limits.max_queued_total.min(conns * c.limits.max_queued_per_peer + conns * (64 << 10))
+                        + conns
+                            * (c.limits.max_reassembly_per_peer
+                                + c.limits.max_message_size as usize
+                                + 3 * 65_537);
                 if n.buffered_bytes() > bound {
                     return Err(format!(
                         "host {i} holds {} bytes, over its bound {bound}",
                         n.buffered_bytes()
                     ));
                 }
-                if conns > c.max_connections {
+                if conns > c.limits.max_connections {
                     return Err(format!("host {i} has {conns} connections"));
                 }
                 // Flow control: what a peer may leave unconsumed per protocol.
-                let window = c.receive_window.max(c.max_message_size + devp2p_core::MESSAGE_OVERHEAD);
+                let window =
+                    c.flow.receive_window.max(c.limits.max_message_size + devp2p_core::MESSAGE_OVERHEAD);
                 for m in n.metrics() {
                     if let Some(p) = m.protocols.iter().find(|p| p.unconsumed > window) {
                         return Err(format!(

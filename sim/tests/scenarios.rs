@@ -312,12 +312,12 @@ fn small_message_latency(with_bulk: bool, record: usize) -> (Duration, Duration)
         bandwidth: Some(1_250_000),
         ..LinkConfig::default()
     };
-    cfg.node.max_record_size = record;
-    cfg.node.max_transmit_size = record;
-    cfg.node.max_message_size = 16 << 20;
-    cfg.node.max_reassembly_per_peer = 32 << 20;
-    cfg.node.max_queued_per_peer = 64 << 20;
-    cfg.node.max_queued_per_protocol = 64 << 20;
+    cfg.node.records.max_record_size = record;
+    cfg.node.records.max_transmit_size = record;
+    cfg.node.limits.max_message_size = 16 << 20;
+    cfg.node.limits.max_reassembly_per_peer = 32 << 20;
+    cfg.node.limits.max_queued_per_peer = 64 << 20;
+    cfg.node.limits.max_queued_per_protocol = 64 << 20;
     cfg.record_events = false;
     cfg.check_every_step = false;
     let mut sim = Sim::new(cfg);
@@ -372,7 +372,7 @@ fn a_stalled_consumer_holds_up_only_its_own_protocol() {
         bandwidth: Some(1_250_000),
         ..LinkConfig::default()
     };
-    cfg.node.receive_window = 256 << 10;
+    cfg.node.flow.receive_window = 256 << 10;
     cfg.record_events = false;
     let mut sim = Sim::new(cfg);
     let (a, b) = (sim.add_host(), sim.add_host());

@@ -263,7 +263,7 @@ async fn garbage_from_a_raw_socket_is_rejected_smol() {
 /// again (the timer is re-armed for later deadlines).
 async fn a_silent_socket_is_closed_at_the_handshake_timeout(rt: Runtime) {
     let mut config = Config::with_protocols(devp2p_integration::protocols());
-    config.handshake_timeout = Duration::from_millis(300);
+    config.timeouts.handshake = Duration::from_millis(300);
     let (a, mut ea) = spawn_with_config(rt, "127.0.0.1:0", config).await;
     let addr = a.peer_addr().addr;
     for _ in 0..3 {
@@ -365,7 +365,7 @@ async fn a_stalled_protocol_holds_up_no_other(ra: Runtime, rb: Runtime) {
     const BLOCKS: ProtocolId = ProtocolId(1);
     let window = 1 << 20;
     let mut core = Config::with_protocols(devp2p_integration::protocols());
-    core.receive_window = window;
+    core.flow.receive_window = window;
     let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
     let (b, _eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
     let mut chat = b.messages(CHAT).await;
@@ -531,7 +531,7 @@ async fn batches_and_streams(ra: Runtime, rb: Runtime) {
 async fn a_stream_dropped_mid_batch_returns_its_credit(ra: Runtime, rb: Runtime) {
     const CHAT: ProtocolId = ProtocolId(0);
     let mut core = Config::with_protocols(devp2p_integration::protocols());
-    core.receive_window = 4096;
+    core.flow.receive_window = 4096;
     let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
     let (b, mut eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
     let mut chat = b.messages(CHAT).await;
@@ -579,9 +579,9 @@ async fn a_stream_dropped_mid_batch_returns_its_credit(ra: Runtime, rb: Runtime)
 async fn send_batches(ra: Runtime, rb: Runtime) {
     const CHAT: ProtocolId = ProtocolId(0);
     let mut core = Config::with_protocols(devp2p_integration::protocols());
-    core.max_queued_per_protocol = 40_000;
+    core.limits.max_queued_per_protocol = 40_000;
     // A small window, so that the queue fills and batches wait for room.
-    core.receive_window = 4096;
+    core.flow.receive_window = 4096;
     let (a, _ea) = spawn_with_config(ra, "127.0.0.1:0", core.clone()).await;
     let (b, _eb) = spawn_with_config(rb, "127.0.0.1:0", core).await;
     let mut chat = b.messages(CHAT).await;

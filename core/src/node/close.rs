@@ -62,7 +62,7 @@ impl Node {
                 conn.push_plain_frame(&[hs_kind::REJECT, code]);
             }
         }
-        conn.closing = Some(Closing { deadline: now + self.config.close_timeout });
+        conn.closing = Some(Closing { deadline: now + self.config.timeouts.close });
         self.maybe_finish_close(id);
     }
 

@@ -118,8 +118,8 @@ impl Node {
         let node = NodeQueue {
             queued: queued_total,
             messages: queued_messages,
-            max: config.max_queued_total,
-            max_per_peer: config.max_queued_per_peer,
+            max: config.limits.max_queued_total,
+            max_per_peer: config.limits.max_queued_per_peer,
         };
         let conn = peers.get(peer).and_then(|id| connections.get_mut(id)).ok_or(SendError::NotConnected)?;
         if conn.closing.is_some() {

@@ -157,10 +157,13 @@ impl Node {
     ) -> Result<(), CloseCause> {
         let Completed { peer, path, keys, remote_hello } = done;
         let fail = |reason| CloseCause { reason, remote: false };
-        let ticket = Ticket::derive(&keys.resumption_seed, now + self.config.resumption_lifetime);
-        let hello = Hello::decode(&remote_hello, self.config.max_peer_protocols);
-        let peer_max =
-            hello.as_ref().ok().and_then(|h| h.max_message_size).unwrap_or(self.config.max_message_size);
+        let ticket = Ticket::derive(&keys.resumption_seed, now + self.config.resumption.lifetime);
+        let hello = Hello::decode(&remote_hello, self.config.limits.max_peer_protocols);
+        let peer_max = hello
+            .as_ref()
+            .ok()
+            .and_then(|h| h.max_message_size)
+            .unwrap_or(self.config.limits.max_message_size);
         let peer_window = hello.as_ref().ok().and_then(|h| h.receive_window);
         let shared =
             hello.as_ref().map(|h| protocol::negotiate(&self.config.protocols, h)).unwrap_or_default();
@@ -221,7 +224,7 @@ impl Node {
             }
         }
         if let Some(t) = ticket.take() {
-            self.tickets.insert(peer, t, self.config.max_resumption_tickets);
+            self.tickets.insert(peer, t, self.config.resumption.max_tickets);
         }
         *announced = true;
         self.table.peers.insert(peer, id);
@@ -269,29 +272,10 @@ impl Node {
         let mut to_close = Vec::new();
         let mut to_finish = Vec::new();
         for (&id, c) in self.table.connections.iter_mut() {
-            if let Some(cl) = c.closing {
-                if now >= cl.deadline {
-                    to_finish.push(id);
-                }
-                continue;
-            }
-            match &mut c.phase {
-                Phase::Dialing { .. } | Phase::Handshake(_) => {
-                    if now >= c.handshake_deadline {
-                        to_close.push((id, DisconnectReason::HandshakeTimeout));
-                    }
-                }
-                Phase::Established { announced: false, .. } => {
-                    // Not confirmed yet: still bound by the handshake timeout.
-                    if now >= c.handshake_deadline {
-                        to_close.push((id, DisconnectReason::HandshakeTimeout));
-                    }
-                }
-                Phase::Established { session, .. } => {
-                    if let Err(reason) = session.handle_timeout(&self.config, now) {
-                        to_close.push((id, reason));
-                    }
-                }
+            match c.handle_timeout(&self.config, now) {
+                Expiry::None => {}
+                Expiry::FinishClose => to_finish.push(id),
+                Expiry::Close(reason) => to_close.push((id, reason)),
             }
         }
         for id in to_finish {

@@ -27,7 +27,7 @@ use crate::reason::DisconnectReason;
 use crate::session::{NodeQueue, PeerLimits, RecordOutcome, Session};
 use crate::shaping::TokenBucket;
 use crate::time::Instant;
-use crate::transport::connection::{CloseCause, Closing, Connection, Phase};
+use crate::transport::connection::{CloseCause, Closing, Connection, Expiry, Phase};
 use crate::transport::handshake::{kind as hs_kind, Completed, Handshake, HandshakeCtx, HandshakeError};
 use crate::transport::table::ConnectionTable;
 use crate::wire::control::Control;
@@ -163,7 +163,8 @@ impl Node {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut hello = Vec::new();
-        Hello::local(&config.protocols, config.max_message_size, config.receive_window).encode(&mut hello);
+        Hello::local(&config.protocols, config.limits.max_message_size, config.flow.receive_window)
+            .encode(&mut hello);
         Ok(Node {
             keypair,
             rng,
@@ -178,7 +179,7 @@ impl Node {
             queued_total: 0,
             queued_messages: 0,
             transmit_cursor: ConnectionId(0),
-            rate: config.max_node_rate.map(|r| TokenBucket::new(r, config.burst(), now)),
+            rate: config.shaping.max_node_rate.map(|r| TokenBucket::new(r, config.burst(), now)),
             config,
         })
     }
@@ -303,7 +304,7 @@ impl Node {
     /// Tickets are single-use: the ones exported must not be used elsewhere.
     pub fn import_tickets(&mut self, tickets: impl IntoIterator<Item = (NodeId, Ticket)>) {
         for (p, t) in tickets {
-            self.tickets.insert(p, t, self.config.max_resumption_tickets);
+            self.tickets.insert(p, t, self.config.resumption.max_tickets);
         }
     }
 

@@ -12,7 +12,7 @@ impl Node {
     /// served round robin.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<ConnectionId> {
-        let mut allowance = self.config.max_transmit_size;
+        let mut allowance = self.config.records.max_transmit_size;
         if let Some(rate) = &mut self.rate {
             allowance = allowance.min(rate.available(now));
             if allowance == 0 {
@@ -21,7 +21,7 @@ impl Node {
         }
         let cursor = self.transmit_cursor;
         let ready = |c: &Connection| !c.write_in_flight && c.has_output();
-        let id = if self.config.max_connection_rate.is_none() {
+        let id = if self.config.shaping.max_connection_rate.is_none() {
             self.table
                 .connections
                 .range((Bound::Excluded(cursor), Bound::Unbounded))
@@ -104,7 +104,7 @@ impl Node {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
-        if !self.config.manual_consume {
+        if !self.config.flow.manual_consume {
             if let Some(d) = ev.delivered() {
                 self.consume(d.connection, d.protocol, d.messages, d.bytes);
             }
@@ -126,7 +126,7 @@ impl Node {
     /// runs. With a bandwidth cap, this includes when paced output may go.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let shaped = self.rate.is_some() || self.config.max_connection_rate.is_some();
+        let shaped = self.rate.is_some() || self.config.shaping.max_connection_rate.is_some();
         let shaping = shaped
             .then(|| {
                 let node = self.rate.as_ref().and_then(TokenBucket::ready_at);
@@ -138,16 +138,6 @@ impl Node {
                     .min()
             })
             .flatten();
-        self.table
-            .connections
-            .values()
-            .map(|c| match (&c.closing, &c.phase) {
-                (Some(cl), _) => cl.deadline,
-                (None, Phase::Dialing { .. } | Phase::Handshake(_)) => c.handshake_deadline,
-                (None, Phase::Established { announced: false, .. }) => c.handshake_deadline,
-                (None, Phase::Established { session, .. }) => session.poll_timeout(&self.config),
-            })
-            .chain(shaping)
-            .min()
+        self.table.connections.values().map(|c| c.poll_timeout(&self.config)).chain(shaping).min()
     }
 }

@@ -104,7 +104,7 @@ pub(crate) struct Session {
     channel_of: Vec<u32>,
     /// Largest message the peer accepts.
     peer_max_message: u64,
-    /// Most payload bytes queued on one channel (`Config::max_queued_per_protocol`).
+    /// Most payload bytes queued on one channel (`Limits::max_queued_per_protocol`).
     max_queued_per_protocol: usize,
     scheduler: Scheduler,
     /// `Config::max_in_flight_per_peer`: the credit the channels with data
@@ -162,7 +162,8 @@ impl Session {
             channel_of[c.id.0 as usize] = c.channel;
         }
         let weights = channels.iter().map(|c| config.protocols.get(c.id.0 as usize).map_or(1, |p| p.weight));
-        let scheduler = Scheduler::new(weights, config.scheduler_quantum, config.priority_message_size);
+        let scheduler =
+            Scheduler::new(weights, config.records.scheduler_quantum, config.records.priority_message_size);
         let channels = channels
             .into_iter()
             .map(|shared| Channel {
@@ -170,7 +171,7 @@ impl Session {
                 stats: ProtocolMetrics { protocol: shared.id, ..ProtocolMetrics::default() },
                 partial: None,
                 credit: SendCredit::new(limits.receive_window),
-                window: ReceiveWindow::new(config.receive_window),
+                window: ReceiveWindow::new(config.flow.receive_window),
             })
             .collect();
         Session {
@@ -181,9 +182,9 @@ impl Session {
             channels,
             channel_of,
             peer_max_message: limits.max_message,
-            max_queued_per_protocol: config.max_queued_per_protocol,
+            max_queued_per_protocol: config.limits.max_queued_per_protocol,
             scheduler,
-            max_in_flight: config.max_in_flight_per_peer,
+            max_in_flight: config.flow.max_in_flight_per_peer,
             updates_due: false,
             updates_soon: None,
             queued_bytes: 0,
@@ -194,13 +195,13 @@ impl Session {
             run_arena: BytesMut::new(),
             spare: Vec::new(),
             spare_bytes: 0,
-            next_ping: now + config.keepalive_interval,
+            next_ping: now + config.timeouts.keepalive,
             ping_outstanding: None,
             ping_counter: 0,
             rtt: None,
             last_recv: now,
-            rekey: RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false },
-            cover_due: config.cover_traffic_interval.map(|i| now + i),
+            rekey: RekeyState { bytes: 0, records: 0, due: now + config.rekey.after_time, queued: false },
+            cover_due: config.shaping.cover_traffic_interval.map(|i| now + i),
             cover_pending: false,
         }
     }
@@ -287,7 +288,7 @@ impl Session {
 
     /// The session's next deadline.
     pub(crate) fn poll_timeout(&self, config: &Config) -> Instant {
-        let idle = self.last_recv + config.idle_timeout;
+        let idle = self.last_recv + config.timeouts.idle;
         let mut t = idle.min(self.next_ping);
         if !self.rekey.queued {
             t = t.min(self.rekey.due);
@@ -303,7 +304,7 @@ impl Session {
 
     /// Handles timer expiry: keepalive, rekey and the idle timeout.
     pub(crate) fn handle_timeout(&mut self, config: &Config, now: Instant) -> Result<(), DisconnectReason> {
-        if now >= self.last_recv + config.idle_timeout {
+        if now >= self.last_recv + config.timeouts.idle {
             return Err(DisconnectReason::IdleTimeout);
         }
         if self.updates_soon.is_some_and(|u| now >= u) {
@@ -312,9 +313,9 @@ impl Session {
         }
         if now >= self.next_ping {
             self.start_ping(now);
-            self.next_ping = now + config.keepalive_interval;
+            self.next_ping = now + config.timeouts.keepalive;
         }
-        if let (Some(due), Some(interval)) = (self.cover_due, config.cover_traffic_interval) {
+        if let (Some(due), Some(interval)) = (self.cover_due, config.shaping.cover_traffic_interval) {
             if now >= due {
                 self.cover_pending = !self.has_output();
                 self.cover_due = Some(now + interval);

@@ -237,7 +237,7 @@ impl Session {
         if msg_type >= u64::from(ch.shared.message_count) {
             return Err(DisconnectReason::UnknownMessageType);
         }
-        if data.len() as u64 > config.max_message_size {
+        if data.len() as u64 > config.limits.max_message_size {
             return Err(DisconnectReason::MessageTooLarge);
         }
         ch.window.admit(flow::cost(data.len())).map_err(|_| DisconnectReason::FlowControlViolation)?;
@@ -270,7 +270,7 @@ impl Session {
                 if st.msg_type >= u64::from(shared.message_count) {
                     return Err(DisconnectReason::UnknownMessageType);
                 }
-                if st.total_len > config.max_message_size {
+                if st.total_len > config.limits.max_message_size {
                     return Err(DisconnectReason::MessageTooLarge);
                 }
                 let total = st.total_len as usize;
@@ -279,10 +279,10 @@ impl Session {
                     .admit(flow::cost(total))
                     .map_err(|_| DisconnectReason::FlowControlViolation)?;
                 let msg_type = st.msg_type as u32;
-                if self.reassembly_bytes + total > config.max_reassembly_per_peer {
+                if self.reassembly_bytes + total > config.limits.max_reassembly_per_peer {
                     return Err(DisconnectReason::ResourceLimit);
                 }
-                if self.reassembly_bytes + self.spare_bytes + total > config.max_reassembly_per_peer {
+                if self.reassembly_bytes + self.spare_bytes + total > config.limits.max_reassembly_per_peer {
                     // Buffers in use come first: the kept ones go.
                     self.spare.clear();
                     self.spare_bytes = 0;
@@ -323,7 +323,7 @@ impl Session {
             let payload = p.buf.split().freeze();
             // Kept for reuse only within the reassembly budget.
             if self.spare.len() < MAX_SPARE
-                && self.reassembly_bytes + self.spare_bytes + p.alloc <= config.max_reassembly_per_peer
+                && self.reassembly_bytes + self.spare_bytes + p.alloc <= config.limits.max_reassembly_per_peer
             {
                 self.spare_bytes += p.alloc;
                 // An empty handle on the allocation, without the unused

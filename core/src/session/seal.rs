@@ -62,8 +62,8 @@ impl Session {
         let closing = self.control.iter().any(|c| matches!(c, Control::Disconnect(_)));
         if !self.rekey.queued
             && !closing
-            && (self.rekey.bytes >= config.rekey_after_bytes
-                || self.rekey.records >= config.rekey_after_records
+            && (self.rekey.bytes >= config.rekey.after_bytes
+                || self.rekey.records >= config.rekey.after_records
                 || now >= self.rekey.due)
         {
             self.rekey.queued = true;
@@ -231,7 +231,7 @@ impl Session {
             if rekey_here {
                 self.send.rekey();
                 self.rekey =
-                    RekeyState { bytes: 0, records: 0, due: now + config.rekey_after_time, queued: false };
+                    RekeyState { bytes: 0, records: 0, due: now + config.rekey.after_time, queued: false };
             }
             if urgent {
                 // Hand the priority record to the transport on its own,

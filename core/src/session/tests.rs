@@ -390,7 +390,12 @@ fn interleaved_channels_reassemble() {
 
 #[test]
 fn reassembly_memory_is_capped_per_peer() {
-    let config = Config { max_message_size: 100_000, max_reassembly_per_peer: 150_000, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.limits.max_message_size = 100_000;
+        config_.limits.max_reassembly_per_peer = 150_000;
+        config_
+    };
     let (mut s, mut c) = receiver(&config);
     let mut r = Vec::new();
     chunk(&mut r, 1, Some((0, 100_000)), false, b"start");
@@ -403,7 +408,11 @@ fn reassembly_memory_is_capped_per_peer() {
 
 #[test]
 fn malformed_chunk_sequences_are_rejected() {
-    let config = Config { max_message_size: 1000, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.limits.max_message_size = 1000;
+        config_
+    };
     let cases: Vec<(Vec<u8>, DisconnectReason)> = {
         let mut v = Vec::new();
         let mut r = Vec::new();
@@ -440,7 +449,11 @@ fn malformed_chunk_sequences_are_rejected() {
 
 #[test]
 fn flow_control_violations_close_with_a_reason() {
-    let config = Config { receive_window: 100, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.flow.receive_window = 100;
+        config_
+    };
     // Within credit, then beyond it.
     let (mut s, mut c) = receiver(&config);
     let mut r = Vec::new();
@@ -497,7 +510,11 @@ proptest::proptest! {
         total in 0usize..3000,
         held_elsewhere in 0usize..1000,
     ) {
-        let config = Config { max_queued_per_protocol: per_protocol, ..Config::default() };
+        let config = {
+ let mut config_ = Config::default();
+config_.limits.max_queued_per_protocol = per_protocol;
+ config_
+};
         let run = |one_by_one: bool| {
             let (mut s, _) = receiver_granted(&config, None);
             let mut queued = held_elsewhere;
@@ -547,11 +564,12 @@ proptest::proptest! {
         small in 0usize..600,
         close_after in 0usize..12,
     ) {
-        let config = Config {
-            max_record_size: record,
-            priority_message_size: small,
-            ..Config::default()
-        };
+        let config = {
+ let mut config_ = Config::default();
+config_.records.max_record_size = record;
+config_.records.priority_message_size = small;
+ config_
+};
         let run = |packed: bool| {
             let (mut s, _) = receiver_granted(&config, window);
             let mut counts = Unlimited::default();
@@ -595,7 +613,11 @@ fn the_tail_of_a_large_message_does_not_close_its_record_early() {
     // small tail (below the 512-byte priority size) shares its record
     // with the start of the second: three full-size records, not a
     // record holding the tail alone.
-    let config = Config { max_record_size: 1000, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.records.max_record_size = 1000;
+        config_
+    };
     let (mut s, _) = receiver_granted(&config, None);
     let mut msgs: VecDeque<_> = (0..2).map(|i| (0, Bytes::from(vec![i as u8; 1500]))).collect();
     let mut counts = Unlimited::default();
@@ -613,7 +635,11 @@ fn the_tail_of_a_large_message_does_not_close_its_record_early() {
     assert_eq!(sizes.len(), 4, "{sizes:?}");
     assert!(sizes[..3].iter().all(|&n| n == 1000 + TAG_LEN), "{sizes:?}");
     // A small message split across records still closes its record.
-    let config = Config { max_record_size: 300, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.records.max_record_size = 300;
+        config_
+    };
     let (mut s, _) = receiver_granted(&config, None);
     let mut counts = Unlimited::default();
     let mut node = counts.node();
@@ -628,7 +654,11 @@ fn the_tail_of_a_large_message_does_not_close_its_record_early() {
 fn a_message_that_fits_a_record_whole_is_not_split() {
     // 95 bytes take 5 header bytes whole (no `len`), 7 as a first piece:
     // in a record of 100 they fit only whole.
-    let config = Config { max_record_size: 100, ..Config::default() };
+    let config = {
+        let mut config_ = Config::default();
+        config_.records.max_record_size = 100;
+        config_
+    };
     let (mut s, _) = receiver_granted(&config, None);
     let mut msgs: VecDeque<_> = [(0, Bytes::from(vec![7u8; 95]))].into();
     let mut counts = Unlimited::default();

@@ -260,7 +260,11 @@ fn a_send_batch_arrives_as_its_messages_in_order() {
 
 #[test]
 fn a_refused_send_batch_queues_nothing_and_comes_back_whole() {
-    let config = Config { max_queued_per_protocol: 1000, ..Config::with_protocols(protocols()) };
+    let config = {
+        let mut config_ = Config::with_protocols(protocols());
+        config_.limits.max_queued_per_protocol = 1000;
+        config_
+    };
     let mut p = Pair::with_configs(config, Config::with_protocols(protocols()[..2].to_vec()));
     p.connect(None);
     p.drive();
@@ -298,7 +302,11 @@ fn a_refused_send_batch_queues_nothing_and_comes_back_whole() {
 #[test]
 fn a_waiting_send_batch_is_queued_in_parts_as_room_appears() {
     // Room for five messages of 200 bytes, each counting 16 more.
-    let config = Config { max_queued_per_peer: 5 * 216, ..Config::with_protocols(protocols()) };
+    let config = {
+        let mut config_ = Config::with_protocols(protocols());
+        config_.limits.max_queued_per_peer = 5 * 216;
+        config_
+    };
     let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
     p.connect(None);
     p.drive();
@@ -347,10 +355,11 @@ fn empty_messages_count_against_the_queue_limits() {
     // Each queued message counts MESSAGE_OVERHEAD (16) bytes more than its
     // payload: a queue of empty messages fills up too.
     let per_message = crate::MESSAGE_OVERHEAD as usize;
-    let config = Config {
-        max_queued_per_protocol: 100 * per_message,
-        max_queued_per_peer: 150 * per_message,
-        ..Config::with_protocols(protocols())
+    let config = {
+        let mut config_ = Config::with_protocols(protocols());
+        config_.limits.max_queued_per_protocol = 100 * per_message;
+        config_.limits.max_queued_per_peer = 150 * per_message;
+        config_
     };
     let mut p = Pair::with_configs(config, Config::with_protocols(protocols()));
     p.connect(None);
@@ -539,7 +548,7 @@ fn keepalive_measures_rtt_and_idle_timeout_disconnects() {
 #[test]
 fn rekeying_keeps_the_session_working() {
     let mut c = Config::with_protocols(protocols());
-    c.rekey_after_bytes = 10_000;
+    c.rekey.after_bytes = 10_000;
     let mut p = Pair::with_configs(c.clone(), c);
     p.connect(None);
     p.drive();
@@ -562,7 +571,7 @@ fn rekeying_keeps_the_session_working() {
 #[test]
 fn handshake_timeout_and_half_open_limit() {
     let mut c = Config::with_protocols(protocols());
-    c.max_handshaking = 3;
+    c.limits.max_handshaking = 3;
     let mut p = Pair::with_configs(Config::with_protocols(protocols()), c);
     let now = p.now;
     for _ in 0..3 {
@@ -687,7 +696,7 @@ fn a_peer_that_never_reads_gets_backpressure_not_memory() {
         p.drive();
         assert!(sent < 10_000, "queue never filled");
     }
-    let limit = p.a.config().max_queued_per_peer;
+    let limit = p.a.config().limits.max_queued_per_peer;
     assert!(p.a.queued_bytes(&b) <= limit);
     assert!(p.a.buffered_bytes() <= limit + (1 << 20));
 }
@@ -703,7 +712,7 @@ proptest! {
         record in 64usize..20_000,
     ) {
         let mut c = Config::with_protocols(protocols());
-        c.max_record_size = record;
+        c.records.max_record_size = record;
         let mut p = Pair::with_configs(c.clone(), c);
         p.connect(None);
         p.drive();
@@ -882,7 +891,7 @@ fn metrics_count_traffic_and_queues_per_protocol() {
 fn padded_records_have_only_the_configured_sizes() {
     let buckets = vec![128, 1024, 8192];
     let mut c = Config::with_protocols(protocols());
-    c.padding_buckets = buckets.clone();
+    c.shaping.padding_buckets = buckets.clone();
     let mut p = Pair::with_configs(c.clone(), c);
     p.connect(None);
     p.drive();
@@ -915,7 +924,7 @@ fn padded_records_have_only_the_configured_sizes() {
 #[test]
 fn a_connection_rate_cap_holds() {
     let mut c = Config::with_protocols(protocols());
-    c.max_connection_rate = Some(200_000);
+    c.shaping.max_connection_rate = Some(200_000);
     let mut p = Pair::with_configs(c.clone(), c);
     p.latency = Duration::from_millis(1);
     p.connect(None);
@@ -937,7 +946,7 @@ fn a_connection_rate_cap_holds() {
 #[test]
 fn a_node_rate_cap_holds() {
     let mut hub_cfg = Config::with_protocols(protocols());
-    hub_cfg.max_node_rate = Some(100_000);
+    hub_cfg.shaping.max_node_rate = Some(100_000);
     let mut p = Pair::with_configs(hub_cfg, Config::with_protocols(protocols()));
     p.latency = Duration::from_millis(1);
     p.connect(None);
@@ -957,8 +966,8 @@ fn a_node_rate_cap_holds() {
 #[test]
 fn cover_traffic_keeps_an_idle_link_busy_with_padded_records() {
     let mut c = Config::with_protocols(protocols());
-    c.cover_traffic_interval = Some(Duration::from_millis(100));
-    c.padding_buckets = vec![512];
+    c.shaping.cover_traffic_interval = Some(Duration::from_millis(100));
+    c.shaping.padding_buckets = vec![512];
     let mut p = Pair::with_configs(c.clone(), c);
     p.connect(None);
     p.drive();
@@ -984,8 +993,8 @@ fn cover_traffic_keeps_an_idle_link_busy_with_padded_records() {
 /// message (`manual_consume`), granting `window` per protocol.
 fn consuming_pair(window: u64) -> Pair {
     let mut cb = Config::with_protocols(protocols());
-    cb.manual_consume = true;
-    cb.receive_window = window;
+    cb.flow.manual_consume = true;
+    cb.flow.receive_window = window;
     let mut p = Pair::with_configs(Config::with_protocols(protocols()), cb);
     p.connect(None);
     p.drive();
@@ -1034,11 +1043,11 @@ fn a_stalled_consumer_stops_only_its_own_protocol_and_memory_stays_bounded() {
         // A's queue for CHAT is capped; BLOCKS still has room.
         let ma = p.a.peer_metrics(&b).expect("connected");
         let chat = ma.protocols.iter().find(|m| m.protocol == CHAT).expect("chat");
-        assert!(chat.queued_bytes <= p.a.config().max_queued_per_protocol);
+        assert!(chat.queued_bytes <= p.a.config().limits.max_queued_per_protocol);
         if round >= 8 {
             assert!(chat.send_credit < msg.len() as i64 + 16, "A is out of CHAT credit");
         }
-        assert!(p.a.buffered_bytes() <= p.a.config().max_queued_per_peer + (1 << 20));
+        assert!(p.a.buffered_bytes() <= p.a.config().limits.max_queued_per_peer + (1 << 20));
     }
     assert!(chat_refused > 0, "send surfaced backpressure on CHAT");
     assert!(blocks_bytes >= 400 * 8 * (16 << 10), "BLOCKS kept flowing: {blocks_bytes}");
@@ -1060,10 +1069,10 @@ fn busy_protocols_share_the_in_flight_limit_and_one_alone_uses_its_window() {
     // What B holds unconsumed per protocol once A has sent all it may.
     let held = |busy: &[ProtocolId]| -> Vec<u64> {
         let mut ca = Config::with_protocols(protocols());
-        ca.max_in_flight_per_peer = WINDOW;
+        ca.flow.max_in_flight_per_peer = WINDOW;
         let mut cb = Config::with_protocols(protocols());
-        cb.manual_consume = true;
-        cb.receive_window = WINDOW;
+        cb.flow.manual_consume = true;
+        cb.flow.receive_window = WINDOW;
         let mut p = Pair::with_configs(ca, cb);
         p.connect(None);
         p.drive();
@@ -1124,7 +1133,7 @@ fn caught_up_credit_rides_with_a_reply_or_follows_within_the_delay() {
 #[test]
 fn credit_is_returned_when_events_are_polled_by_default() {
     let mut c = Config::with_protocols(protocols());
-    c.receive_window = 4096;
+    c.flow.receive_window = 4096;
     let mut p = Pair::with_configs(c.clone(), c);
     p.connect(None);
     p.drive();

@@ -4,6 +4,7 @@
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 
+use crate::config::Config;
 use crate::event::{Direction, HandshakePath};
 use crate::identity::NodeId;
 
@@ -96,6 +97,33 @@ impl Connection {
         )
     }
 
+    /// When [`handle_timeout`](Self::handle_timeout) is next due: the close
+    /// deadline while closing, the handshake deadline until the peer is
+    /// announced, then the session's (keepalive, idle, rekey, credit).
+    pub(crate) fn poll_timeout(&self, config: &Config) -> Instant {
+        match (&self.closing, &self.phase) {
+            (Some(cl), _) => cl.deadline,
+            (None, Phase::Established { session, announced: true, .. }) => session.poll_timeout(config),
+            (None, _) => self.handshake_deadline,
+        }
+    }
+
+    /// Runs the connection's timers at `now`: what the node must do.
+    pub(crate) fn handle_timeout(&mut self, config: &Config, now: Instant) -> Expiry {
+        if let Some(cl) = self.closing {
+            return if now >= cl.deadline { Expiry::FinishClose } else { Expiry::None };
+        }
+        match &mut self.phase {
+            Phase::Established { session, announced: true, .. } => {
+                session.handle_timeout(config, now).err().map_or(Expiry::None, Expiry::Close)
+            }
+            // Dialling, handshaking, or a 1-RTT responder not confirmed
+            // yet: bound by the handshake timeout.
+            _ if now >= self.handshake_deadline => Expiry::Close(DisconnectReason::HandshakeTimeout),
+            _ => Expiry::None,
+        }
+    }
+
     /// True if bytes are waiting for `poll_transmit`.
     pub(crate) fn has_output(&self) -> bool {
         !self.plain_out.is_empty()
@@ -160,6 +188,17 @@ impl Connection {
         partial.extend_from_slice(data);
         Ok(())
     }
+}
+
+/// What a connection's timer asks of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// Nothing is due.
+    None,
+    /// The close deadline passed: end the transport, flushed or not.
+    FinishClose,
+    /// Close the connection with this reason.
+    Close(DisconnectReason),
 }
 
 /// How a connection ends, decided by the node.

@@ -36,17 +36,17 @@ impl ConnectionTable {
         config: &Config,
         now: Instant,
     ) -> Result<ConnectionId, ConnectError> {
-        if self.connections.len() >= config.max_connections {
+        if self.connections.len() >= config.limits.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
-        if self.handshaking_count() >= config.max_handshaking {
+        if self.handshaking_count() >= config.limits.max_handshaking {
             return Err(ConnectError::TooManyHandshakes);
         }
         let id = ConnectionId(self.next);
         self.next += 1;
-        let rate = config.max_connection_rate.map(|r| TokenBucket::new(r, config.burst(), now));
+        let rate = config.shaping.max_connection_rate.map(|r| TokenBucket::new(r, config.burst(), now));
         self.connections
-            .insert(id, Connection::new(direction, remote, phase, now + config.handshake_timeout, rate));
+            .insert(id, Connection::new(direction, remote, phase, now + config.timeouts.handshake, rate));
         Ok(id)
     }
 
