@@ -345,6 +345,8 @@ impl HandshakeState {
     /// Noise `Split()`, plus the resumption seed; call once [`is_finished`](Self::is_finished).
     pub(crate) fn finish(self) -> HandshakeResult {
         let (k1, k2, k3) = hkdf3(&self.ss.ck, &[]);
+        #[cfg(test)]
+        crate::tests::transcripts::note_split(&self.ss.h, &k1, &k2, &k3);
         let (c1, c2) = (CipherState::new(k1), CipherState::new(k2));
         let (send, recv) = if self.initiator { (c1, c2) } else { (c2, c1) };
         HandshakeResult { send, recv, handshake_hash: self.ss.h, resumption_seed: k3 }

@@ -124,7 +124,7 @@ pub struct Node {
     hello: Vec<u8>,
     tickets: TicketStore,
     /// Every connection, and the peers' connections.
-    table: ConnectionTable,
+    pub(crate) table: ConnectionTable,
     events: VecDeque<Event>,
     closed: VecDeque<ConnectionId>,
     /// Transports the runtime must open.

@@ -3,3 +3,4 @@
 mod harness;
 mod noise_vectors;
 mod scenarios;
+pub(crate) mod transcripts;
