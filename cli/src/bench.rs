@@ -4,11 +4,32 @@
 //! with a full handshake per second; plus bulk spread over 8 protocols.
 //! Every workload checks what arrives (content and order).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use devp2p_tokio::{Bytes, Config, Event, PeerAddr, Protocol, ProtocolId};
+use devp2p_runtime::Runtime;
+use devp2p_tokio::{Bytes, Config, Event, Events, Messages, NodeConfig, PeerAddr, Protocol, ProtocolId};
+use futures_lite::future::poll_fn;
 
-use devp2p_tokio::{Events, Messages, Node, NodeConfig};
+/// A node on runtime `R`.
+type Node<R> = devp2p_runtime::Node<R>;
+
+/// Runs `f` as a task of runtime `R`; the returned future gives its output.
+pub fn spawn<R: Runtime, T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> impl Future<Output = Result<T, String>> {
+    let (tx, rx) = async_channel::bounded(1);
+    R::default().spawn(async move {
+        let _ = tx.send(f.await).await;
+    });
+    async move { rx.recv().await.map_err(|_| "task ended without a result".to_string()) }
+}
+
+/// Waits `d` on runtime `R`'s timer.
+async fn sleep<R: Runtime>(d: Duration) {
+    let mut timer = R::default().timer(Instant::now() + d);
+    poll_fn(|cx| R::poll_timer(&mut timer, cx)).await;
+}
 
 /// Protocols registered by bench nodes: "bench" first, then 7 more for the
 /// multi-protocol workload. `WINDOW` (bytes) overrides the receive window.
@@ -26,14 +47,16 @@ fn config() -> Config {
     c
 }
 
-async fn pair() -> Result<(Node, Events, Node, Events), String> {
+async fn pair<R: Runtime>() -> Result<(Node<R>, Events, Node<R>, Events), String> {
     let listen = "127.0.0.1:0".parse().map_err(|_| "addr")?;
-    let (a, ea) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
-    let (b, eb) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
+    let (a, ea) =
+        Node::<R>::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
+    let (b, eb) =
+        Node::<R>::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
     Ok((a, ea, b, eb))
 }
 
-async fn connect(a: &Node, b: &Node) -> Result<(), String> {
+async fn connect<R: Runtime>(a: &Node<R>, b: &Node<R>) -> Result<(), String> {
     a.dial(b.peer_addr().ok_or("no listener")?).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -58,7 +81,13 @@ async fn receive_bulk(mut stream: Messages, count: u64, expect: Vec<Bytes>) -> R
 }
 
 /// Sends `count` 1 MiB messages on `protocol`.
-async fn send_bulk(a: Node, peer: devp2p_tokio::NodeId, protocol: ProtocolId, count: u64, msgs: Vec<Bytes>) {
+async fn send_bulk<R: Runtime>(
+    a: Node<R>,
+    peer: devp2p_tokio::NodeId,
+    protocol: ProtocolId,
+    count: u64,
+    msgs: Vec<Bytes>,
+) {
     for seq in 0..count {
         let m = msgs[(seq % msgs.len() as u64) as usize].clone();
         if a.send(peer, protocol, 0, m).await.is_err() {
@@ -69,8 +98,8 @@ async fn send_bulk(a: Node, peer: devp2p_tokio::NodeId, protocol: ProtocolId, co
 
 /// Bulk: `bytes` in 1 MiB messages on `protocols` protocols at once (the
 /// bytes split evenly), every byte checked. Returns MB/s.
-pub async fn bulk(bytes: u64, protocols: u16) -> Result<String, String> {
-    let (a, _ea, b, _eb) = pair().await?;
+pub async fn bulk<R: Runtime>(bytes: u64, protocols: u16) -> Result<String, String> {
+    let (a, _ea, b, _eb) = pair::<R>().await?;
     let mut streams = Vec::new();
     for p in 0..protocols {
         streams.push(b.messages(ProtocolId(p)).await);
@@ -81,12 +110,12 @@ pub async fn bulk(bytes: u64, protocols: u16) -> Result<String, String> {
     let msgs: Vec<Bytes> = (0..4).map(bulk_message).collect();
     let t = Instant::now();
     let receivers: Vec<_> =
-        streams.into_iter().map(|s| tokio::spawn(receive_bulk(s, per_protocol, msgs.clone()))).collect();
+        streams.into_iter().map(|s| spawn::<R, _>(receive_bulk(s, per_protocol, msgs.clone()))).collect();
     for p in 0..protocols {
-        tokio::spawn(send_bulk(a.clone(), peer, ProtocolId(p), per_protocol, msgs.clone()));
+        R::default().spawn(send_bulk(a.clone(), peer, ProtocolId(p), per_protocol, msgs.clone()));
     }
     for r in receivers {
-        r.await.map_err(|e| e.to_string())??;
+        r.await??;
     }
     let s = t.elapsed().as_secs_f64();
     a.shutdown().await;
@@ -127,8 +156,13 @@ impl Receive {
 /// messages into a buffered writer); otherwise a batch is a `Vec` of
 /// payload handles on one buffer. `recv` says how they are read. Returns
 /// messages/s.
-pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> Result<String, String> {
-    let (a, _ea, b, mut eb) = pair().await?;
+pub async fn messages<R: Runtime>(
+    count: u64,
+    batch: usize,
+    packed: bool,
+    recv: Receive,
+) -> Result<String, String> {
+    let (a, _ea, b, mut eb) = pair::<R>().await?;
     let mut stream = b.messages(ProtocolId(0)).await;
     if recv == Receive::Events {
         // Its messages go to `Events` once the stream is dropped.
@@ -145,7 +179,7 @@ pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> 
         }
         Ok(())
     }
-    let rx = tokio::spawn(async move {
+    let rx = spawn::<R, _>(async move {
         let mut got = 0u64;
         while got < count {
             match recv {
@@ -196,7 +230,7 @@ pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> 
         a.send_batch(peer, ProtocolId(0), msgs).await.map_err(|e| e.to_string())?;
         seq += n;
     }
-    let msgs = rx.await.map_err(|e| e.to_string())??;
+    let msgs = rx.await??;
     let s = t.elapsed().as_secs_f64();
     a.shutdown().await;
     b.shutdown().await;
@@ -212,13 +246,13 @@ pub async fn messages(count: u64, batch: usize, packed: bool, recv: Receive) -> 
 const RTT_WARMUP: usize = 1000;
 
 /// 64-byte round trips (B echoes, content checked). Returns p50/p99 in µs.
-pub async fn rtt(rounds: usize) -> Result<String, String> {
-    let (a, mut ea, b, mut eb) = pair().await?;
+pub async fn rtt<R: Runtime>(rounds: usize) -> Result<String, String> {
+    let (a, mut ea, b, mut eb) = pair::<R>().await?;
     connect(&a, &b).await?;
     let (pa, pb) = (a.node_id(), b.node_id());
-    let echo = {
+    {
         let b = b.clone();
-        tokio::spawn(async move {
+        R::default().spawn(async move {
             while let Some(e) = eb.next().await {
                 if let Event::Message { payload, .. } = e {
                     if b.send(pa, ProtocolId(0), 1, payload).await.is_err() {
@@ -250,7 +284,6 @@ pub async fn rtt(rounds: usize) -> Result<String, String> {
     let p = |q: usize| samples[(samples.len() * q / 1000).min(samples.len() - 1)].as_secs_f64() * 1e6;
     a.shutdown().await;
     b.shutdown().await;
-    echo.abort();
     Ok(format!(
         "{{\"bench\":\"rtt\",\"rounds\":{rounds},\"warmup\":{RTT_WARMUP},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
         p(500),
@@ -261,10 +294,11 @@ pub async fn rtt(rounds: usize) -> Result<String, String> {
 }
 
 /// Connections with a full handshake (dialled by address), one after another.
-pub async fn connections(count: usize) -> Result<String, String> {
+pub async fn connections<R: Runtime>(count: usize) -> Result<String, String> {
     let listen = "127.0.0.1:0".parse().map_err(|_| "addr")?;
-    let (b, _eb) = Node::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
-    let (a, _ea) = Node::spawn(NodeConfig::new(config())).await.map_err(|e| e.to_string())?;
+    let (b, _eb) =
+        Node::<R>::spawn(NodeConfig::new(config()).listen(listen)).await.map_err(|e| e.to_string())?;
+    let (a, _ea) = Node::<R>::spawn(NodeConfig::new(config())).await.map_err(|e| e.to_string())?;
     let addr = PeerAddr::from(b.listen_addrs()[0]);
     let t = Instant::now();
     for _ in 0..count {
@@ -275,7 +309,7 @@ pub async fn connections(count: usize) -> Result<String, String> {
         a.disconnect(peer).await;
         // Wait until the disconnect is done before the next dial.
         while a.peers().await.contains(&peer) {
-            tokio::time::sleep(Duration::from_micros(50)).await;
+            sleep::<R>(Duration::from_micros(50)).await;
         }
     }
     let s = t.elapsed().as_secs_f64();
@@ -284,5 +318,119 @@ pub async fn connections(count: usize) -> Result<String, String> {
     Ok(format!(
         "{{\"bench\":\"conns\",\"connections\":{count},\"secs\":{s:.3},\"per_sec\":{:.0}}}",
         count as f64 / s
+    ))
+}
+
+/// The bound on bulk throughput set by the AEAD the runtimes use (ring's
+/// ChaCha20-Poly1305): one thread seals full records (65,519 plaintext
+/// bytes) while another opens them, handing buffers over as the node's
+/// sender and receiver do, with no network. Returns MB/s of plaintext.
+pub fn aead_bound(bytes: u64) -> String {
+    use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+    const RECORD: usize = 65_519;
+    let key = || LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).expect("a 32-byte key"));
+    let nonce = |n: u64| {
+        let mut b = [0u8; 12];
+        b[4..].copy_from_slice(&n.to_le_bytes());
+        Nonce::assume_unique_for_key(b)
+    };
+    let records = (bytes / RECORD as u64).max(1);
+    let (to_open, sealed) = std::sync::mpsc::sync_channel::<(Vec<u8>, Tag)>(4);
+    let (to_seal, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    for _ in 0..6 {
+        let _ = to_seal.send(vec![0x5a; RECORD]);
+    }
+    let t = Instant::now();
+    let opener = std::thread::spawn(move || {
+        let k = key();
+        let mut n = 0u64;
+        while let Ok((mut buf, tag)) = sealed.recv() {
+            if k.open_in_place_separate_tag(nonce(n), Aad::empty(), tag, &mut buf, 0..).is_err() {
+                return false;
+            }
+            n += 1;
+            if to_seal.send(buf).is_err() {
+                break;
+            }
+        }
+        n == records
+    });
+    let k = key();
+    for n in 0..records {
+        let Ok(mut buf) = free.recv() else { break };
+        let Ok(tag) = k.seal_in_place_separate_tag(nonce(n), Aad::empty(), &mut buf) else { break };
+        if to_open.send((buf, tag)).is_err() {
+            break;
+        }
+    }
+    drop(to_open);
+    let ok = opener.join().unwrap_or(false);
+    let s = t.elapsed().as_secs_f64();
+    let total = records * RECORD as u64;
+    format!(
+        "{{\"bench\":\"aead_bound\",\"aead\":\"ring chacha20-poly1305\",\"ok\":{ok},\"bytes\":{total},\"secs\":{s:.3},\"mb_per_sec\":{:.1}}}",
+        total as f64 / s / 1e6
+    )
+}
+
+/// The baseline for `rtt`: 64-byte round trips over plain TCP on runtime
+/// `R` (nodelay, one echo task, the same warm-up and rounds), through the
+/// same `Runtime` calls the node's shell makes. Returns p50/p99 in µs.
+pub async fn tcp_rtt<R: Runtime>(rounds: usize) -> Result<String, String> {
+    let rt = R::default();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = rt.tcp_listener(std_listener).map_err(|e| e.to_string())?;
+    let client = rt.connect(addr).await.map_err(|e| e.to_string())?;
+    let (server, _) = poll_fn(|cx| R::poll_accept(&listener, cx)).await.map_err(|e| e.to_string())?;
+    R::set_nodelay(&client).map_err(|e| e.to_string())?;
+    R::set_nodelay(&server).map_err(|e| e.to_string())?;
+    async fn exact<R: Runtime>(s: &R::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut at = 0;
+        while at < buf.len() {
+            match poll_fn(|cx| R::poll_read(s, cx, &mut buf[at..])).await? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => at += n,
+            }
+        }
+        Ok(())
+    }
+    async fn all<R: Runtime>(s: &R::TcpStream, buf: &[u8]) -> std::io::Result<()> {
+        let mut at = 0;
+        while at < buf.len() {
+            at += poll_fn(|cx| R::poll_write(s, cx, &buf[at..])).await?;
+        }
+        Ok(())
+    }
+    rt.spawn(async move {
+        let mut buf = [0u8; 64];
+        while exact::<R>(&server, &mut buf).await.is_ok() {
+            if all::<R>(&server, &buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(rounds);
+    let mut back = [0u8; 64];
+    for i in 0..RTT_WARMUP + rounds {
+        let msg = [i as u8; 64];
+        let t = Instant::now();
+        all::<R>(&client, &msg).await.map_err(|e| e.to_string())?;
+        exact::<R>(&client, &mut back).await.map_err(|e| e.to_string())?;
+        if back != msg {
+            return Err(format!("round {i}: wrong echo"));
+        }
+        if i >= RTT_WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    samples.sort_unstable();
+    let p = |q: usize| samples[(samples.len() * q / 1000).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    Ok(format!(
+        "{{\"bench\":\"tcp_rtt\",\"rounds\":{rounds},\"warmup\":{RTT_WARMUP},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1}}}",
+        p(500),
+        p(900),
+        p(990)
     ))
 }

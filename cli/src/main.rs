@@ -44,7 +44,11 @@ enum Cmd {
     /// 64 B messages, 64 B round trips, connections/s) on 127.0.0.1, and
     /// bulk over 8 protocols at once, and prints one JSON line each.
     Bench {
-        /// Only this workload: bulk, bulk8, msgs, rtt or conns.
+        /// Only this workload: bulk, bulk8, msgs, rtt, conns; or a baseline
+        /// run only when named: aead (the bound for bulk: sealing records on
+        /// one core and opening them on the other with the AEAD the runtimes
+        /// use, no network) or tcp-rtt (64 B round trips over plain TCP on
+        /// the same runtime, the baseline for rtt).
         #[arg(long)]
         only: Option<String>,
         /// Bytes for the bulk workloads.
@@ -74,6 +78,10 @@ enum Cmd {
         /// Connections for the handshake workload.
         #[arg(long, default_value_t = 300)]
         connections: usize,
+        /// The runtime the nodes run on: `tokio` (2 workers) or `smol`
+        /// (2 executor threads).
+        #[arg(long, default_value = "tokio")]
+        runtime: String,
     },
     /// Starts N nodes on loopback that connect by every handshake path,
     /// exchange messages and print a summary.
@@ -98,8 +106,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -108,9 +115,7 @@ async fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Keygen { out } => keygen(out),
-        Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
-        Cmd::Bench { only, bulk_bytes, messages, batch, send, recv, rounds, connections } => {
+        Cmd::Bench { only, bulk_bytes, messages, batch, send, recv, rounds, connections, runtime } => {
             use bench::Receive;
             let packed = match send.as_str() {
                 "packed" => true,
@@ -121,13 +126,38 @@ async fn main() {
                 .into_iter()
                 .find(|r| r.name() == recv)
                 .unwrap_or_else(|| usage(&format!("--recv is batches, messages or events, not {recv}")));
-            bench(only.as_deref(), bulk_bytes, (messages, batch, packed, recv), rounds, connections).await
+            let w = Workloads {
+                only,
+                bulk: bulk_bytes,
+                messages: (messages, batch, packed, recv),
+                rounds,
+                connections,
+            };
+            match runtime.as_str() {
+                "tokio" => tokio_runtime().block_on(run_bench::<devp2p_tokio::Tokio>(w, "tokio")),
+                "smol" => {
+                    // Two executor threads, as tokio's two workers (set
+                    // before smol's global executor starts).
+                    if std::env::var_os("SMOL_THREADS").is_none() {
+                        std::env::set_var("SMOL_THREADS", "2");
+                    }
+                    smol::block_on(run_bench::<devp2p_smol::Smol>(w, "smol"))
+                }
+                other => usage(&format!("--runtime is tokio or smol, not {other}")),
+            }
         }
-        Cmd::Demo { nodes } => demo::run(nodes).await.and_then(|s| {
-            if s.corrupt == 0 && s.received == s.sent {
-                Ok(())
-            } else {
-                Err(format!("demo lost or corrupted messages: {s:?}"))
+        command => tokio_runtime().block_on(async move {
+            match command {
+                Cmd::Keygen { out } => keygen(out),
+                Cmd::Node { listen, dial, key } => node(listen, dial, key).await,
+                Cmd::Demo { nodes } => demo::run(nodes).await.and_then(|s| {
+                    if s.corrupt == 0 && s.received == s.sent {
+                        Ok(())
+                    } else {
+                        Err(format!("demo lost or corrupted messages: {s:?}"))
+                    }
+                }),
+                Cmd::Bench { .. } => unreachable!("handled above"),
             }
         }),
     };
@@ -137,43 +167,57 @@ async fn main() {
     }
 }
 
+/// tokio with two workers (the shape of libp2p-bench).
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| usage(&format!("cannot start tokio: {e}")))
+}
+
 /// Reports a bad command line and exits.
 fn usage(msg: &str) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(2);
 }
 
-async fn bench(
-    only: Option<&str>,
+/// What `devp2p bench` runs.
+struct Workloads {
+    only: Option<String>,
     bulk: u64,
-    (messages, batch, packed, recv): (u64, usize, bool, bench::Receive),
+    messages: (u64, usize, bool, bench::Receive),
     rounds: usize,
     connections: usize,
-) -> Result<(), String> {
-    let run = |name: &str| only.is_none_or(|o| o == name);
-    // Each workload runs as a task on the runtime's workers, as an
-    // application would (`main` itself runs outside the worker pool).
-    async fn spawned(
-        f: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
-    ) -> Result<(), String> {
-        let line = tokio::spawn(f).await.map_err(|e| e.to_string())??;
-        println!("{line}");
-        Ok(())
-    }
+}
+
+/// Runs the workloads on runtime `R`, each as a task on its workers, as an
+/// application would (`main` itself runs outside the worker pool), and
+/// prints one JSON line each, naming the runtime.
+async fn run_bench<R: devp2p_runtime::Runtime>(w: Workloads, name: &str) -> Result<(), String> {
+    let run = |n: &str| w.only.as_deref().is_none_or(|o| o == n);
+    let print = |line: String| println!("{{\"runtime\":\"{name}\",{}", &line[1..]);
+    let (messages, batch, packed, recv) = w.messages;
     if run("bulk") {
-        spawned(bench::bulk(bulk, 1)).await?;
+        print(bench::spawn::<R, _>(bench::bulk::<R>(w.bulk, 1)).await??);
     }
     if run("bulk8") {
-        spawned(bench::bulk(bulk, 8)).await?;
+        print(bench::spawn::<R, _>(bench::bulk::<R>(w.bulk, 8)).await??);
     }
     if run("msgs") {
-        spawned(bench::messages(messages, batch, packed, recv)).await?;
+        print(bench::spawn::<R, _>(bench::messages::<R>(messages, batch, packed, recv)).await??);
     }
     if run("rtt") {
-        spawned(bench::rtt(rounds)).await?;
+        print(bench::spawn::<R, _>(bench::rtt::<R>(w.rounds)).await??);
     }
     if run("conns") {
-        spawned(bench::connections(connections)).await?;
+        print(bench::spawn::<R, _>(bench::connections::<R>(w.connections)).await??);
+    }
+    if w.only.as_deref() == Some("tcp-rtt") {
+        print(bench::spawn::<R, _>(bench::tcp_rtt::<R>(w.rounds)).await??);
+    }
+    if w.only.as_deref() == Some("aead") {
+        println!("{}", bench::aead_bound(w.bulk));
     }
     Ok(())
 }
