@@ -3,21 +3,21 @@
 
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::Sender;
 use devp2p_core::{
     BatchError, Broadcast, Bytes, Config, ConnectError, DisconnectReason, Keypair, NodeId, PeerAddr,
-    PeerMetrics, ProtocolId, SendBatch, SendError,
+    PeerMetrics, ProtocolId, SendBatch, SendError, MESSAGE_OVERHEAD,
 };
 use rand_core::OsRng;
 
 use crate::credit::{CreditShared, Taken};
-use crate::driver::{Command, Driver, Setup};
+use crate::driver::Driver;
+use crate::outputs::Route;
 use crate::runtime::Runtime;
+use crate::state::{SendReply, Shared, State};
 use crate::streams::{Events, Messages};
 
 /// How to start a node.
@@ -124,29 +124,56 @@ impl From<NodeError> for io::Error {
     }
 }
 
-struct Inner {
-    cmd: Sender<Command>,
+/// Sends of at most this many bytes (payload plus per-message overhead)
+/// are sealed and written by the sending task itself; larger ones are
+/// left to the driver.
+const INLINE_SEND_MAX: usize = 16 << 10;
+
+struct Inner<R: Runtime> {
+    shared: Arc<Shared<R>>,
     credit: Arc<CreditShared>,
     id: NodeId,
     listen_addrs: Vec<SocketAddr>,
     datagram_addrs: Vec<SocketAddr>,
 }
 
-/// A running node on runtime `R` (each runtime crate names its own, as
-/// `devp2p_tokio::Node`). Cheap to clone; the node stops when
-/// [`shutdown`](Self::shutdown) is called or every clone is dropped.
-pub struct Node<R> {
-    inner: Arc<Inner>,
-    _runtime: PhantomData<fn() -> R>,
-}
-
-impl<R> Clone for Node<R> {
-    fn clone(&self) -> Self {
-        Node { inner: self.inner.clone(), _runtime: PhantomData }
+impl<R: Runtime> Drop for Inner<R> {
+    /// The last handle is gone: the node shuts down (every peer is told).
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        let stop = async move { shared.with(|st, now| st.begin_shutdown(now)).await };
+        match self.shared.try_lock() {
+            Some(mut st) => {
+                let now = st.now();
+                st.begin_shutdown(now);
+                drop(st);
+                self.shared.kick();
+            }
+            // The driver holds the state: tell it from a task of its own.
+            None => R::default().spawn(stop),
+        }
     }
 }
 
-impl<R> fmt::Debug for Node<R> {
+/// A running node on runtime `R` (each runtime crate names its own, as
+/// `devp2p_tokio::Node`). Cheap to clone; the node stops when
+/// [`shutdown`](Self::shutdown) is called or every clone is dropped.
+///
+/// Its commands run in the caller's task: `send` queues the message,
+/// seals what the core has ready and writes it to the socket itself, so a
+/// message takes no hand-off to another task on its way out; only a send
+/// that must wait for queue space, and a dial, wait for a reply.
+pub struct Node<R: Runtime> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Runtime> Clone for Node<R> {
+    fn clone(&self) -> Self {
+        Node { inner: self.inner.clone() }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Node<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node").field("id", &self.inner.id).field("listen", &self.inner.listen_addrs).finish()
     }
@@ -175,36 +202,37 @@ impl<R: Runtime> Node<R> {
             udp.push((rt.udp_socket(s)?, local));
         }
         let datagram_addrs = udp.iter().map(|(_, a)| *a).collect();
+        let udp: Arc<[(R::UdpSocket, SocketAddr)]> = udp.into();
         // Credit goes back when the application takes a message from us.
         let mut core_config = config.core.clone();
         core_config.flow.manual_consume = true;
         let core = devp2p_core::Node::new(core_config, keypair, Box::new(OsRng), devp2p_core::Instant::ZERO)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let (cmd_tx, cmd_rx) = async_channel::bounded(1024);
         let (ev_tx, ev_rx) = async_channel::bounded(config.event_capacity.max(1));
-        let (wake, credit_wake) = async_channel::bounded(1);
+        let (kick, kicks) = async_channel::bounded(1);
+        let (ops_tx, ops) = async_channel::bounded(1024);
+        let (input_tx, input_rx) = async_channel::bounded(256);
+        let state = State::new(rt.clone(), core, ev_tx, udp.clone(), input_tx.clone());
+        let shared = Shared::new(state, kick.clone(), ops_tx);
         // A full channel means a wake is already pending.
         let credit = CreditShared::new(move || {
-            let _ = wake.try_send(());
+            let _ = kick.try_send(());
         });
-        let driver = Driver::new(Setup {
-            rt: rt.clone(),
-            core,
-            commands: cmd_rx,
-            events: ev_tx,
+        let driver = Driver::new(
+            rt.clone(),
+            shared.clone(),
+            (kicks, ops),
+            (input_tx, input_rx),
             listeners,
             udp,
-            credit: credit.clone(),
-            credit_wake,
-        });
+            credit.clone(),
+        );
         rt.spawn(driver.run());
         let events = Events::new(ev_rx, Taken::new(credit.clone()));
-        let inner = Inner { cmd: cmd_tx, credit, id, listen_addrs, datagram_addrs };
-        Ok((Node { inner: Arc::new(inner), _runtime: PhantomData }, events))
+        let inner = Inner { shared, credit, id, listen_addrs, datagram_addrs };
+        Ok((Node { inner: Arc::new(inner) }, events))
     }
-}
 
-impl<R> Node<R> {
     /// This node's ID.
     pub fn node_id(&self) -> NodeId {
         self.inner.id
@@ -226,17 +254,54 @@ impl<R> Node<R> {
         self.inner.listen_addrs.first().map(|a| PeerAddr::with_id(self.inner.id, *a))
     }
 
-    async fn request<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Option<T> {
-        let (tx, rx) = async_channel::bounded(1);
-        self.inner.cmd.send(make(tx)).await.ok()?;
-        rx.recv().await.ok()
-    }
-
     /// Dials `addr` and completes the handshake. With a node ID in the
     /// address the 1-RTT paths are tried first (resumption, then the
     /// introduced key), falling back as SPEC.md describes.
     pub async fn dial(&self, addr: PeerAddr) -> Result<NodeId, DialError> {
-        self.request(|reply| Command::Dial { addr, reply }).await.unwrap_or(Err(DialError::Stopped))
+        let (reply, rx) = async_channel::bounded(1);
+        let refused = self
+            .inner
+            .shared
+            .with(|st, now| {
+                if st.stopping {
+                    return Some(DialError::Stopped);
+                }
+                st.waiters.dial(&mut st.core, addr, reply, now).err().map(|(_, e)| DialError::Refused(e))
+            })
+            .await;
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        rx.recv().await.unwrap_or(Err(DialError::Stopped))
+    }
+
+    /// Queues `msgs` (or a send batch) for `peer`, waiting while the queue
+    /// is full. A small send runs here and writes what the core sealed at
+    /// once; a large one is left to the driver.
+    async fn send_with(
+        &self,
+        bytes: usize,
+        start: impl FnOnce(&mut State<R>, SendReply) -> Option<(SendReply, Result<(), BatchError>)>
+            + Send
+            + 'static,
+    ) -> Result<(), BatchError> {
+        let (reply, rx) = async_channel::bounded(1);
+        let gone = || BatchError { error: SendError::NotConnected, unsent: Vec::new() };
+        if bytes <= INLINE_SEND_MAX {
+            if let Some((_, r)) = self.inner.shared.with(|st, _| start(st, reply)).await {
+                return r;
+            }
+        } else {
+            let op = Box::new(move |st: &mut State<R>, _now| {
+                if let Some((reply, r)) = start(st, reply) {
+                    let _ = reply.try_send(r);
+                }
+            });
+            if !self.inner.shared.defer(op).await {
+                return Err(gone());
+            }
+        }
+        rx.recv().await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// Sends a message. Waits while the peer's send queue is full
@@ -249,28 +314,25 @@ impl<R> Node<R> {
         msg_type: u32,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.request(|reply| Command::Send { peer, protocol, msgs: vec![(msg_type, payload)], reply })
-            .await
-            .unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
-            .map_err(|e| NodeError::Send(e.error))
+        self.send_batch(peer, protocol, vec![(msg_type, payload)]).await.map_err(|e| NodeError::Send(e.error))
     }
 
-    /// Sends several messages to one peer on one protocol, in order, with one
-    /// command to the node instead of one per message: the way to send many
-    /// small messages fast. Waits while the queue is full (backpressure).
-    /// On a refusal, that message and those after it come back in the error.
+    /// Sends several messages to one peer on one protocol, in order, in one
+    /// call instead of one per message: the way to send many small
+    /// messages you already hold as `Bytes`. Waits while the queue is full
+    /// (backpressure). On a refusal, that message and those after it come
+    /// back in the error.
     pub async fn send_batch(
         &self,
         peer: NodeId,
         protocol: ProtocolId,
         msgs: Vec<(u32, Bytes)>,
     ) -> Result<(), BatchError> {
-        let (reply, rx) = async_channel::bounded(1);
-        if let Err(e) = self.inner.cmd.send(Command::Send { peer, protocol, msgs, reply }).await {
-            let Command::Send { msgs, .. } = e.into_inner() else { unreachable!("the command sent") };
-            return Err(BatchError { error: SendError::NotConnected, unsent: msgs });
-        }
-        rx.recv().await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
+        let bytes = msgs.iter().map(|(_, p)| p.len() + MESSAGE_OVERHEAD as usize).sum();
+        self.send_with(bytes, move |st, reply| {
+            st.waiters.send_batch(&mut st.core, peer, protocol, msgs, reply)
+        })
+        .await
     }
 
     /// Sends the messages of a [`SendBatch`] to one peer on one protocol,
@@ -287,21 +349,18 @@ impl<R> Node<R> {
         protocol: ProtocolId,
         batch: SendBatch,
     ) -> Result<(), BatchError> {
-        let (reply, rx) = async_channel::bounded(1);
-        if let Err(e) = self.inner.cmd.send(Command::SendPacked { peer, protocol, batch, reply }).await {
-            let Command::SendPacked { batch, .. } = e.into_inner() else { unreachable!("the command sent") };
-            return Err(BatchError { error: SendError::NotConnected, unsent: batch.into_messages() });
-        }
-        rx.recv().await.unwrap_or(Err(BatchError { error: SendError::NotConnected, unsent: Vec::new() }))
+        let bytes = batch.payload_bytes() + batch.len() * MESSAGE_OVERHEAD as usize;
+        self.send_with(bytes, move |st, reply| {
+            st.waiters.send_packed(&mut st.core, peer, protocol, batch, reply)
+        })
+        .await
     }
 
     /// Queues a message for every connected peer that speaks `protocol`,
     /// sharing one payload buffer; peers with a full queue are reported in
     /// `failed`, not waited for.
     pub async fn broadcast(&self, protocol: ProtocolId, msg_type: u32, payload: Bytes) -> Broadcast {
-        self.request(|reply| Command::Broadcast { protocol, msg_type, payload, reply })
-            .await
-            .unwrap_or_default()
+        self.inner.shared.with(|st, _| st.core.broadcast(protocol, msg_type, payload)).await
     }
 
     /// A stream of its own for the messages of `protocol`, from every peer,
@@ -312,40 +371,64 @@ impl<R> Node<R> {
     /// the node does not register ends at once.
     pub async fn messages(&self, protocol: ProtocolId) -> Messages {
         let (tx, rx) = async_channel::unbounded();
-        let _ = self.inner.cmd.send(Command::Route { protocol, tx }).await;
+        self.inner
+            .shared
+            .with(|st, _| {
+                // A protocol the node does not register gets no messages: its
+                // stream ends at once (`tx` is dropped).
+                if st.core.config().registers(protocol) {
+                    st.routes.insert(protocol, Route::new(tx));
+                }
+            })
+            .await;
         Messages::new(rx, Taken::new(self.inner.credit.clone()))
     }
 
     /// Disconnects a peer; queued messages come back in `PeerDisconnected`.
     pub async fn disconnect(&self, peer: NodeId) {
-        let _ = self.inner.cmd.send(Command::Disconnect { peer }).await;
+        self.inner.shared.with(|st, now| st.core.disconnect(&peer, DisconnectReason::Requested, now)).await;
     }
 
     /// Per-peer, per-protocol counters and queue depths.
     pub async fn metrics(&self) -> Vec<PeerMetrics> {
-        self.request(|reply| Command::Metrics { reply }).await.unwrap_or_default()
+        self.inner.shared.lock().await.core.metrics()
     }
 
     /// The connected peers.
     pub async fn peers(&self) -> Vec<NodeId> {
-        self.request(|reply| Command::Peers { reply }).await.unwrap_or_default()
+        self.inner.shared.lock().await.core.peers().collect()
     }
 
     /// The last keepalive round-trip time to `peer`.
     pub async fn rtt(&self, peer: NodeId) -> Option<Duration> {
-        self.request(|reply| Command::Rtt { peer, reply }).await.flatten()
+        self.inner.shared.lock().await.core.rtt(&peer)
     }
 
     /// Datagrams received that no part of the node handles (see
     /// [`devp2p_core::Node::handle_datagram`]).
     pub async fn datagrams_dropped(&self) -> u64 {
-        self.request(|reply| Command::DatagramsDropped { reply }).await.unwrap_or_default()
+        self.inner.shared.lock().await.core.datagrams_dropped()
     }
 
     /// Disconnects every peer with `Shutdown`, flushes, closes the sockets
     /// and stops the node. The event stream ends after the last
     /// `PeerDisconnected`.
     pub async fn shutdown(&self) {
-        let _ = self.request(|reply| Command::Shutdown { reply }).await;
+        let (reply, rx) = async_channel::bounded(1);
+        let running = self
+            .inner
+            .shared
+            .with(|st, now| {
+                // Once the driver has stopped nobody answers.
+                if !st.finished {
+                    st.stopped.push(reply);
+                }
+                st.begin_shutdown(now);
+                !st.finished
+            })
+            .await;
+        if running {
+            let _ = rx.recv().await;
+        }
     }
 }

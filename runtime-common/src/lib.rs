@@ -31,6 +31,7 @@ mod outputs;
 mod reader;
 mod ready;
 mod runtime;
+mod state;
 mod streams;
 mod writer;
 

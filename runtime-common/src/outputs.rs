@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 
 use async_channel::Sender;
 use devp2p_core::{
@@ -10,9 +11,14 @@ use devp2p_core::{
     Outputs, ProtocolId,
 };
 
-use crate::driver::{ConnIo, DialReply, Input, SendReply};
+use crate::driver::{ConnIo, Input};
 use crate::handle::DialError;
 use crate::runtime::Runtime;
+use crate::state::{DialReply, SendReply};
+
+/// Largest transmit written by whoever holds the state rather than by the
+/// connection's writer task (a message or a few, not a bulk transfer).
+const INLINE_WRITE_MAX: usize = 16 << 10;
 
 /// Buffers kept for reuse.
 const SPARE_BUFFERS: usize = 64;
@@ -80,6 +86,8 @@ impl Routes {
 
 /// Where the driver puts the core's outputs.
 pub(crate) struct Sink<'a, R: Runtime> {
+    /// Small transmits may be written here, not by the writer task.
+    pub(crate) inline_writes: bool,
     pub(crate) rt: &'a R,
     pub(crate) conns: &'a mut HashMap<ConnectionId, ConnIo<R::TcpStream>>,
     pub(crate) spare: &'a mut Vec<Vec<u8>>,
@@ -104,6 +112,26 @@ impl<R: Runtime> Outputs<DialReply, SendReply> for Sink<'_, R> {
 
     fn write(&mut self, id: ConnectionId, buf: Vec<u8>) -> Result<bool, Vec<u8>> {
         let Some(io) = self.conns.get_mut(&id) else { return Err(buf) };
+        let mut buf = buf;
+        if self.inline_writes && io.backlog.is_idle() && buf.len() <= INLINE_WRITE_MAX {
+            // Nothing is being written and the buffer is small: try the
+            // socket first, here, and hand the writer only what it does
+            // not take. Larger buffers go to the writer, so that writing
+            // them does not hold up the state.
+            let mut cx = Context::from_waker(Waker::noop());
+            match R::poll_write(&io.stream, &mut cx, &buf) {
+                Poll::Ready(Ok(n)) if n == buf.len() => {
+                    self.recycle(buf);
+                    return Ok(true);
+                }
+                Poll::Ready(Ok(n)) => {
+                    buf.drain(..n);
+                }
+                // The transport is gone: the core closes the connection.
+                Poll::Ready(Err(_)) => return Err(buf),
+                Poll::Pending => {}
+            }
+        }
         io.writer.try_send(buf).map_err(|e| e.into_inner())?;
         Ok(io.backlog.handed())
     }

@@ -41,6 +41,11 @@ impl WriterBacklog {
         !self.owed
     }
 
+    /// The writer holds no buffer.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.held == 0
+    }
+
     /// The writer wrote a buffer. True if the core waits for
     /// `handle_written` now.
     pub(crate) fn written(&mut self) -> bool {

@@ -776,3 +776,34 @@ async fn datagrams_reach_the_core_tokio() {
 async fn datagrams_reach_the_core_smol() {
     datagrams_reach_the_core(Smol).await;
 }
+
+/// Dropping every handle of a node shuts it down: its peers are told
+/// `Shutdown`, and its event stream ends.
+async fn dropping_every_handle_shuts_the_node_down(ra: Runtime, rb: Runtime) {
+    let (a, mut ea) = spawn_on(ra, "127.0.0.1:0", None).await;
+    let (b, mut eb) = spawn_on(rb, "127.0.0.1:0", None).await;
+    a.dial(b.peer_addr()).await.expect("dial");
+    expect_event(&mut eb, |e| matches!(e, Event::PeerConnected { .. })).await;
+    let a2 = a.clone();
+    drop(a);
+    drop(a2);
+    let e = expect_event(&mut eb, |e| matches!(e, Event::PeerDisconnected { .. })).await;
+    assert!(
+        matches!(e, Event::PeerDisconnected { reason: DisconnectReason::Shutdown, remote: true, .. }),
+        "{e:?}"
+    );
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while ea.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the dropped node's event stream ends");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_shuts_the_node_down_tokio_smol() {
+    dropping_every_handle_shuts_the_node_down(Tokio, Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_shuts_the_node_down_smol_tokio() {
+    dropping_every_handle_shuts_the_node_down(Smol, Tokio).await;
+}
