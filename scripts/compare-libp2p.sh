@@ -78,7 +78,7 @@ d50, d99 = med("devp2p", "rtt", "p50_us", runtime="tokio"), med("devp2p", "rtt",
 l50, l99 = med("rust-libp2p", "rtt", "p50_us"), med("rust-libp2p", "rtt", "p99_us")
 r50, r99 = med("raw", "tcp_pingpong", "p50_us"), med("raw", "tcp_pingpong", "p99_us")
 d_conn, l_conn = med("devp2p", "conns", "per_sec", runtime="tokio"), med("rust-libp2p", "handshakes", "conns_per_s")
-print(json.dumps({"summary": "medians", "rounds": len([r for r in rows if r.get("bench") == "conns"]),
+print(json.dumps({"summary": "medians", "rounds": len([r for r in rows if r.get("bench") == "conns" and r.get("runtime") == "tokio"]),
     "bulk_mb_s": {"devp2p": d_bulk, "libp2p": l_bulk, "sealed_tcp": sealed, "aead_bound": aead,
                   "ratio_to_libp2p": round(d_bulk / l_bulk, 2), "ratio_to_sealed_tcp": round(d_bulk / sealed, 2),
                   "ratio_to_aead_bound": round(d_bulk / aead, 2)},
