@@ -11,7 +11,7 @@ use devp2p_tokio::{Bytes, Config, Event, HandshakePath, Keypair, NodeId, Protoco
 use rand_core::OsRng;
 
 use devp2p_tokio::PeerAddr;
-use devp2p_tokio::{Node, NodeConfig};
+use devp2p_tokio::{DialError, Node, NodeConfig};
 
 /// What the demo observed.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +22,8 @@ pub struct Summary {
     pub paths: BTreeMap<String, usize>,
     /// Downgrades seen, as `from -> to`.
     pub downgrades: Vec<String>,
+    /// Dials of a node ID refused because another key answered.
+    pub refused_wrong_peer: usize,
     /// Messages sent.
     pub sent: usize,
     /// Messages received with the expected content.
@@ -153,9 +155,27 @@ pub async fn run(n: usize) -> Result<Summary, String> {
         .await?;
     dial(&mut s, &nodes[0], nodes[1].addr(), true).await?;
 
-    println!("4. node {} dials node 1 with a stale node ID: introduced fails, falls back to full", n - 1);
-    let stale = PeerAddr::with_id(Keypair::generate(&mut OsRng).node_id(), nodes[1].addr().addr);
-    dial(&mut s, &nodes[n - 1], stale, true).await?;
+    println!(
+        "4. node {} dials another node ID at node 1's address: introduced fails, the full handshake reaches node 1, \
+         and the dial is refused (node 1 is not the node dialled)",
+        n - 1
+    );
+    let other = Keypair::generate(&mut OsRng).node_id();
+    let stale = PeerAddr::with_id(other, nodes[1].addr().addr);
+    match nodes[n - 1].node.dial(stale).await {
+        Err(DialError::WrongPeer { dialled, found })
+            if dialled == other && found == nodes[1].node.node_id() =>
+        {
+            println!("  refused: {}", DialError::WrongPeer { dialled, found });
+            s.refused_wrong_peer += 1;
+        }
+        Err(e) => return Err(format!("dial of a wrong node ID: {e}")),
+        Ok(p) => return Err(format!("a dial of {other:?} was handed {p:?}")),
+    }
+    // The downgrade reaches the node's log just before the refusal.
+    nodes[n - 1]
+        .wait_for("the downgrade", |ev| ev.iter().any(|e| matches!(e, Event::HandshakeDowngraded { .. })))
+        .await?;
 
     println!("5. node 2 restarts and forgets its tickets; node 0 redials: resumption fails, falls back to introduced");
     let port = nodes[2].node.listen_addrs()[0].port();
@@ -247,6 +267,7 @@ pub async fn run(n: usize) -> Result<Summary, String> {
     for d in &s.downgrades {
         println!("  downgrade: {d}");
     }
+    println!("  dials refused because another key answered: {}", s.refused_wrong_peer);
     println!("  messages: {} sent, {} received intact and in order, {} bad", s.sent, s.received, s.corrupt);
     if let (Some(lo), Some(hi)) = (s.rtts_us.first(), s.rtts_us.last()) {
         println!("  keepalive RTT: {lo}..{hi} µs over {} links", s.rtts_us.len());
@@ -274,5 +295,6 @@ mod tests {
             s.downgrades
         );
         assert!(s.downgrades.iter().any(|d| d == "introduced (IK) -> full (XX)"), "{:?}", s.downgrades);
+        assert_eq!(s.refused_wrong_peer, 1, "the dial of a wrong node ID is refused");
     }
 }

@@ -81,12 +81,17 @@ pub enum Event {
         /// Messages handed back to the application.
         unsent: Vec<UnsentMessage>,
     },
-    /// A connection closed before its handshake completed.
+    /// A connection closed before its peer was accepted.
     ConnectionFailed {
         /// The connection.
         connection: ConnectionId,
-        /// The node that was dialled, if it was named.
+        /// The node that was dialled, if it was named; for an inbound
+        /// connection, the node that proved its key, if one did.
         peer: Option<NodeId>,
+        /// The key the other side proved, if the handshake got that far.
+        /// With [`DisconnectReason::WrongPeer`] it is the key that answered
+        /// a dial naming another node: never handed out as `peer`.
+        found: Option<NodeId>,
         /// Why.
         reason: DisconnectReason,
     },

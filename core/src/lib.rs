@@ -105,4 +105,4 @@ pub use reason::DisconnectReason;
 pub use rng::SeededRng;
 pub use session::flow::MESSAGE_OVERHEAD;
 pub use time::Instant;
-pub use waiters::{Consumed, Outputs, Waiters};
+pub use waiters::{Consumed, DialFailure, Outputs, Waiters};

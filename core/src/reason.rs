@@ -42,6 +42,10 @@ pub enum DisconnectReason {
     /// The peer sent more than its flow-control credit allowed, or granted
     /// more credit than can be counted (code 14).
     FlowControlViolation,
+    /// The initiator dialled another node ID than the key the responder
+    /// proved: the connection is refused, not handed out as that node
+    /// (code 15).
+    WrongPeer,
     /// The transport could not be opened: the dialled address did not
     /// answer or refused (code 254, never sent).
     Unreachable,
@@ -71,6 +75,7 @@ impl DisconnectReason {
             UnknownMessageType => 12,
             ResourceLimit => 13,
             FlowControlViolation => 14,
+            WrongPeer => 15,
             Unreachable => 254,
             TransportClosed => 255,
             Unknown(c) => c,
@@ -107,6 +112,7 @@ impl DisconnectReason {
             12 => UnknownMessageType,
             13 => ResourceLimit,
             14 => FlowControlViolation,
+            15 => WrongPeer,
             254 => Unreachable,
             255 => TransportClosed,
             c => Unknown(c),
@@ -133,6 +139,7 @@ impl fmt::Display for DisconnectReason {
             UnknownMessageType => f.write_str("unknown channel or message type"),
             ResourceLimit => f.write_str("peer exceeded a resource limit"),
             FlowControlViolation => f.write_str("peer broke flow control"),
+            WrongPeer => f.write_str("the peer is not the node that was dialled"),
             Unreachable => f.write_str("address unreachable"),
             TransportClosed => f.write_str("transport closed"),
             Unknown(c) => write!(f, "unknown reason {c}"),

@@ -81,6 +81,18 @@ impl Consumed {
     }
 }
 
+/// Why a dial failed (see [`Waiters::on_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialFailure {
+    /// Why the connection ended.
+    pub reason: DisconnectReason,
+    /// The node the dial named, if any.
+    pub dialled: Option<NodeId>,
+    /// The key the other side proved, if the handshake got that far (with
+    /// [`DisconnectReason::WrongPeer`]: the key that answered instead).
+    pub found: Option<NodeId>,
+}
+
 /// What a runtime does with the node's outputs, for [`Waiters::drain`]:
 /// the only runtime-specific part of draining a node.
 pub trait Outputs<D, S> {
@@ -108,7 +120,7 @@ pub trait Outputs<D, S> {
     /// An event for the application.
     fn event(&mut self, ev: Event);
     /// A dial is resolved.
-    fn dial_done(&mut self, reply: D, result: Result<NodeId, DisconnectReason>);
+    fn dial_done(&mut self, reply: D, result: Result<NodeId, DialFailure>);
     /// A send that waited for queue space is resolved.
     fn send_done(&mut self, reply: S, result: Result<(), BatchError>);
 }
@@ -306,7 +318,9 @@ impl<D, S> Waiters<D, S> {
                 progress = true;
                 out.close(id);
                 if let Some(reply) = self.on_close(id) {
-                    out.dial_done(reply, Err(DisconnectReason::TransportClosed));
+                    let failure =
+                        DialFailure { reason: DisconnectReason::TransportClosed, dialled: None, found: None };
+                    out.dial_done(reply, Err(failure));
                 }
             }
             if !progress {
@@ -338,18 +352,18 @@ impl<D, S> Waiters<D, S> {
 
     /// Resolves a dial from an event: `Ok(peer)` once connected (also when
     /// a duplicate connection to the same peer won), the reason otherwise.
-    pub fn on_event(&mut self, node: &Node, ev: &Event) -> Option<(D, Result<NodeId, DisconnectReason>)> {
+    pub fn on_event(&mut self, node: &Node, ev: &Event) -> Option<(D, Result<NodeId, DialFailure>)> {
         match ev {
             Event::PeerConnected { peer, connection, .. } => {
                 self.dials.remove(connection).map(|d| (d, Ok(*peer)))
             }
-            Event::ConnectionFailed { connection, reason, peer } => {
+            Event::ConnectionFailed { connection, reason, peer, found } => {
                 let d = self.dials.remove(connection)?;
                 Some(match peer {
                     Some(p) if *reason == DisconnectReason::DuplicateConnection && node.is_connected(p) => {
                         (d, Ok(*p))
                     }
-                    _ => (d, Err(*reason)),
+                    _ => (d, Err(DialFailure { reason: *reason, dialled: *peer, found: *found })),
                 })
             }
             _ => None,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devp2p_core::{
-    BatchError, Broadcast, Bytes, Config, ConnectError, DisconnectReason, Keypair, NodeId, PeerAddr,
-    PeerMetrics, ProtocolId, SendBatch, SendError, MESSAGE_OVERHEAD,
+    BatchError, Broadcast, Bytes, Config, ConnectError, DialFailure, DisconnectReason, Keypair, NodeId,
+    PeerAddr, PeerMetrics, ProtocolId, SendBatch, SendError, MESSAGE_OVERHEAD,
 };
 use rand_core::OsRng;
 
@@ -81,6 +81,16 @@ pub enum DialError {
     /// ([`DisconnectReason::Unreachable`]), or the handshake or the
     /// negotiation failed.
     Failed(DisconnectReason),
+    /// The dial named node `dialled`, but the node that answered at the
+    /// address proved another key, `found`: the connection was closed
+    /// ([`DisconnectReason::WrongPeer`]). To connect to whoever holds an
+    /// address, dial it without a node ID.
+    WrongPeer {
+        /// The node the dial named.
+        dialled: NodeId,
+        /// The key that answered.
+        found: NodeId,
+    },
     /// The node has stopped.
     Stopped,
 }
@@ -90,12 +100,28 @@ impl fmt::Display for DialError {
         match self {
             DialError::Refused(e) => write!(f, "refused: {e}"),
             DialError::Failed(r) => write!(f, "dial failed: {r}"),
+            DialError::WrongPeer { dialled, found } => {
+                write!(f, "dialled {dialled} but {found} answered: connection refused")
+            }
             DialError::Stopped => f.write_str("node stopped"),
         }
     }
 }
 
 impl std::error::Error for DialError {}
+
+impl From<DialFailure> for DialError {
+    fn from(f: DialFailure) -> Self {
+        match f {
+            DialFailure {
+                reason: DisconnectReason::WrongPeer,
+                dialled: Some(dialled),
+                found: Some(found),
+            } => DialError::WrongPeer { dialled, found },
+            DialFailure { reason, .. } => DialError::Failed(reason),
+        }
+    }
+}
 
 /// Why a command failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

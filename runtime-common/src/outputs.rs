@@ -7,8 +7,8 @@ use std::task::{Context, Poll, Waker};
 
 use async_channel::Sender;
 use devp2p_core::{
-    BatchError, ConnectionId, Consumed, Dial, DisconnectReason, Event, Message, MessageBatch, NodeId,
-    Outputs, ProtocolId,
+    BatchError, ConnectionId, Consumed, Dial, DialFailure, Event, Message, MessageBatch, NodeId, Outputs,
+    ProtocolId,
 };
 
 use crate::driver::{ConnIo, Input};
@@ -194,8 +194,8 @@ impl<R: Runtime> Outputs<DialReply, SendReply> for Sink<'_, R> {
         self.backlog.push_back(ev);
     }
 
-    fn dial_done(&mut self, reply: DialReply, result: Result<NodeId, DisconnectReason>) {
-        let _ = reply.try_send(result.map_err(DialError::Failed));
+    fn dial_done(&mut self, reply: DialReply, result: Result<NodeId, DialFailure>) {
+        let _ = reply.try_send(result.map_err(DialError::from));
     }
 
     fn send_done(&mut self, reply: SendReply, result: Result<(), BatchError>) {

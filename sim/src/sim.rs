@@ -411,6 +411,19 @@ impl Sim {
         self.flush(a.0);
     }
 
+    /// `a` dials the address of host `at` naming the node ID `id` (which
+    /// need not be the ID of the host there: an introduction that is stale
+    /// or forged).
+    pub fn dial_as(&mut self, a: HostId, at: HostId, id: devp2p_core::NodeId) {
+        let addr = PeerAddr::with_id(id, self.addr(at));
+        let now = self.now;
+        let dialled = self.hosts[a.0].node.as_mut().map(|n| n.dial(addr, now));
+        if !matches!(dialled, Some(Ok(_))) {
+            self.stats.failed_connections += 1;
+        }
+        self.flush(a.0);
+    }
+
     /// Opens the transport of a dial from host `h`: a stream to the host at
     /// the dialled address, accepted after one latency and connected after
     /// two. A dial to an address with no host fails after one latency.

@@ -410,3 +410,23 @@ fn a_stalled_consumer_holds_up_only_its_own_protocol() {
     assert_eq!(sim.ledger().outstanding(), 0, "everything sent arrived");
     assert_eq!((delivered(&sim, 0), delivered(&sim, 1)), (sent[0], sent[1]));
 }
+
+/// The impersonation attack: A is introduced to node C at an address where
+/// M answers. M cannot open the introduced first packet and asks for a
+/// retry; the full handshake reaches M, and A refuses it, naming M's key:
+/// A never connects to M as if it were C, and no messages flow.
+#[test]
+fn a_dial_naming_c_at_m_s_address_never_connects_to_m_as_c() {
+    let mut sim = Sim::new(SimConfig::with_seed(11));
+    let (a, m, c) = (sim.add_host(), sim.add_host(), sim.add_host());
+    let (c_id, m_id) = (sim.node_id(c), sim.node_id(m));
+    sim.dial_as(a, m, c_id);
+    sim.run_for(Duration::from_secs(2));
+    assert!(!sim.is_connected(a, m) && !sim.is_connected(a, c));
+    assert!(paths(&sim, a).is_empty(), "A announced no peer: {:?}", sim.events(a));
+    let refused = sim.events(a).iter().any(|e| {
+        matches!(e, Event::ConnectionFailed { reason: devp2p_core::DisconnectReason::WrongPeer, peer: Some(p), found: Some(f), .. } if *p == c_id && *f == m_id)
+    });
+    assert!(refused, "{:?}", sim.events(a));
+    sim.check_invariants().unwrap();
+}

@@ -181,23 +181,35 @@ async fn every_path(ra: Runtime, rb: Runtime) {
     assert_eq!(next_path(&mut ec).await, Some(HandshakePath::Introduced));
     assert_eq!(next_path(&mut eb).await, Some(HandshakePath::Introduced));
 
-    // Introduced → full: A dials B naming a stale key.
+    // Introduced → full → refused: A dials B's address naming another
+    // node's key. B cannot open the introduced first packet and asks for
+    // a retry; the full handshake reaches B, whose key is not the one
+    // dialled: the dial fails naming the key that answered, and A is never
+    // handed a connection to B as if it were the other node.
     a.disconnect(b_id).await;
     expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { .. })).await;
-    let stale = PeerAddr::with_id(Keypair::from_secret_bytes([9; 32]).node_id(), b_addr.addr);
-    assert_eq!(a.dial(stale).await.expect("downgraded dial"), b_id);
+    let other = Keypair::from_secret_bytes([9; 32]).node_id();
+    let err = a.dial_typed(PeerAddr::with_id(other, b_addr.addr)).await.expect_err("another key answered");
+    assert!(
+        matches!(err, devp2p_tokio::DialError::WrongPeer { dialled, found } if dialled == other && found == b_id),
+        "{err:?}"
+    );
     let d = expect_event(&mut ea, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;
     assert!(matches!(
         d,
         Event::HandshakeDowngraded { from: HandshakePath::Introduced, to: HandshakePath::Full, .. }
     ));
-    assert_eq!(next_path(&mut ea).await, Some(HandshakePath::Full));
+    let f = expect_event(&mut ea, |e| matches!(e, Event::ConnectionFailed { .. })).await;
+    assert!(
+        matches!(f, Event::ConnectionFailed { reason: DisconnectReason::WrongPeer, peer: Some(p), found: Some(k), .. } if p == other && k == b_id),
+        "{f:?}"
+    );
+    assert!(!a.peers().await.contains(&b_id), "no connection to B was kept");
 
     // Resumed → introduced: B restarts with the same key but without its
     // tickets; A still holds one from the last session.
     b.shutdown().await;
     drop(eb);
-    expect_event(&mut ea, |e| matches!(e, Event::PeerDisconnected { peer, .. } if *peer == b_id)).await;
     let (b2, mut eb2) = spawn_on(rb, "127.0.0.1:0", Some(key_b)).await;
     assert_eq!(a.dial(b2.peer_addr()).await.expect("redial"), b_id);
     let d = expect_event(&mut ea, |e| matches!(e, Event::HandshakeDowngraded { .. })).await;

@@ -31,16 +31,21 @@ impl Node {
                 });
             }
             Phase::Established { session, announced: false, .. } => {
-                let peer = Some(session.peer);
-                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
+                // The node dialled, else (inbound) the one that proved its key.
+                let peer = conn.dialled.or(Some(session.peer));
+                let found = Some(session.peer);
+                let reason = cause.reason;
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, found, reason });
             }
             Phase::Handshake(hs) => {
                 let peer = hs.target();
-                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
+                let reason = cause.reason;
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, found: None, reason });
             }
             Phase::Dialing { target } => {
                 let peer = *target;
-                self.events.push_back(Event::ConnectionFailed { connection: id, peer, reason: cause.reason });
+                let reason = cause.reason;
+                self.events.push_back(Event::ConnectionFailed { connection: id, peer, found: None, reason });
                 // No transport to tell: it ends here.
                 self.finish_close(id);
                 return;

@@ -184,6 +184,13 @@ impl Node {
         let has_shared = !session.protocols().is_empty();
         conn.phase =
             Phase::Established { session: Box::new(session), announced: false, path, ticket: Some(ticket) };
+        // A dial that named a node is established with that node or not
+        // at all: whoever answers at the address (after a RETRY brought
+        // the handshake down to the full path) is refused, not handed out
+        // as the node that was dialled.
+        if conn.dialled.is_some_and(|t| t != peer) {
+            return Err(fail(DisconnectReason::WrongPeer));
+        }
         let hello = hello.map_err(|_| fail(DisconnectReason::ProtocolViolation))?;
         if hello.wire_version != WIRE_VERSION {
             return Err(fail(DisconnectReason::IncompatibleVersion));

@@ -169,23 +169,46 @@ fn failed_resumption_drops_the_ticket_and_falls_back_to_introduced() {
 }
 
 #[test]
-fn wrong_introduced_key_falls_back_to_full_handshake() {
+fn a_dial_naming_another_key_is_refused_not_handed_whoever_answers() {
+    // A was introduced to `other` at B's address; B answers. The
+    // introduced attempt fails (B cannot open it and asks for a retry),
+    // the full handshake reaches B, and A refuses it: B is not the node
+    // that was dialled.
     let mut p = Pair::new();
     let b = p.id(Side::B);
-    let stale = NodeId(super::harness::node(99, Config::default()).node_id().0);
-    p.connect(Some(stale));
+    let other = NodeId(super::harness::node(99, Config::default()).node_id().0);
+    p.connect(Some(other));
     p.drive();
     let ea = p.take_events(Side::A);
     assert_eq!(downgrades(&ea), vec![(HandshakePath::Introduced, HandshakePath::Full)]);
-    assert_eq!(connected(&ea), vec![(b, HandshakePath::Full, Direction::Outbound)]);
-    assert_eq!(connected(&p.take_events(Side::B))[0].1, HandshakePath::Full);
+    assert!(connected(&ea).is_empty(), "A never announces B as a peer: {ea:?}");
+    assert!(
+        ea.iter().any(|e| matches!(e, Event::ConnectionFailed { reason: DisconnectReason::WrongPeer, peer: Some(d), found: Some(f), .. } if *d == other && *f == b)),
+        "{ea:?}"
+    );
+    assert!(!p.a.is_connected(&b) && !p.a.is_connected(&other));
+    // B was told why.
+    let eb = p.take_events(Side::B);
+    assert!(
+        eb.iter().any(|e| matches!(
+            e,
+            Event::PeerDisconnected { reason: DisconnectReason::WrongPeer, remote: true, .. }
+        )),
+        "{eb:?}"
+    );
+    assert_eq!(p.a.connection_count() + p.b.connection_count(), 0);
+    // By address alone, whoever answers is accepted: that is the explicit choice.
+    p.connect(None);
+    p.drive();
+    assert_eq!(connected(&p.take_events(Side::A)), vec![(b, HandshakePath::Full, Direction::Outbound)]);
 }
 
 #[test]
 fn both_downgrades_in_one_connection() {
     // A holds a ticket for B. B is then replaced at the same address by a
     // node with another key and no tickets: resumption fails, the
-    // introduced key fails, and the full handshake reaches the new node.
+    // introduced key fails, the full handshake reaches the new node, and
+    // the dial is refused: the new node is not the one dialled.
     let mut p = connected_pair();
     let old_b = p.id(Side::B);
     p.a.disconnect(&old_b, DisconnectReason::Requested, p.now);
@@ -204,9 +227,13 @@ fn both_downgrades_in_one_connection() {
             (HandshakePath::Introduced, HandshakePath::Full)
         ]
     );
-    assert_eq!(connected(&ea), vec![(new_b, HandshakePath::Full, Direction::Outbound)]);
+    assert!(connected(&ea).is_empty(), "{ea:?}");
+    assert!(
+        ea.iter().any(|e| matches!(e, Event::ConnectionFailed { reason: DisconnectReason::WrongPeer, found: Some(f), .. } if *f == new_b)),
+        "{ea:?}"
+    );
     assert!(!p.a.has_ticket(&old_b), "the failed ticket is gone");
-    assert!(p.a.has_ticket(&new_b));
+    assert!(!p.a.has_ticket(&new_b), "nothing is learnt from a refused connection");
 }
 
 #[test]
@@ -1205,7 +1232,7 @@ impl crate::Outputs<(), u32> for DirtyBuffers {
     fn dial(&mut self, _: crate::Dial) {}
     fn datagram(&mut self, _: core::net::SocketAddr, _: Vec<u8>) {}
     fn event(&mut self, _: crate::Event) {}
-    fn dial_done(&mut self, _: (), _: Result<crate::NodeId, crate::DisconnectReason>) {}
+    fn dial_done(&mut self, _: (), _: Result<crate::NodeId, crate::DialFailure>) {}
     fn send_done(&mut self, _: u32, _: Result<(), crate::BatchError>) {}
 }
 
@@ -1350,7 +1377,7 @@ fn a_dial_that_cannot_connect_fails_as_unreachable_and_closes_once() {
     p.a.handle_dial_failed(c, now);
     let ev: Vec<Event> = core::iter::from_fn(|| p.a.poll_event()).collect();
     assert!(
-        matches!(ev.as_slice(), [Event::ConnectionFailed { connection, peer: None, reason: DisconnectReason::Unreachable }] if *connection == c),
+        matches!(ev.as_slice(), [Event::ConnectionFailed { connection, peer: None, reason: DisconnectReason::Unreachable, .. }] if *connection == c),
         "{ev:?}"
     );
     assert_eq!(p.a.poll_close(), Some(c));

@@ -325,10 +325,11 @@ pub(crate) fn transcripts() -> String {
     let _ = writeln!(out);
     intro(
         &mut out,
-        "14.3.5 Downgrade: introduced → full",
+        "14.3.5 Downgrade: introduced → full, refused",
         &format!(
             "A was introduced to node `{x}` (static secret `{}`) at B's address, where B answers. A dials \
-             `X_ID@address`.",
+             `X_ID@address`; the full handshake reaches B, whose key is not the one dialled, and A closes \
+             with `WrongPeer` (15, §7.2).",
             hex(&sx)
         ),
         &a,
@@ -346,10 +347,11 @@ pub(crate) fn transcripts() -> String {
     let _ = writeln!(out);
     intro(
         &mut out,
-        "14.3.6 Downgrade: resumed → introduced → full",
+        "14.3.6 Downgrade: resumed → introduced → full, refused",
         &format!(
             "A holds a ticket for node `{x}` (from a full session with it, not shown) and dials \
-             `X_ID@address`; B now answers at that address."
+             `X_ID@address`; B now answers at that address, and A closes with `WrongPeer` (15, §7.2) \
+             once the full handshake proves B's key."
         ),
         &a,
         &b,

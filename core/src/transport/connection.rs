@@ -52,6 +52,9 @@ pub(crate) struct Connection {
     pub(crate) direction: Direction,
     /// The remote end of the transport: dialled, or accepted from.
     pub(crate) remote: SocketAddr,
+    /// The node ID the dial named, if any: the only key this connection
+    /// may be established with.
+    pub(crate) dialled: Option<NodeId>,
     pub(crate) phase: Phase,
     /// Bytes of an incomplete frame.
     pub(crate) partial: Vec<u8>,
@@ -75,9 +78,14 @@ impl Connection {
         handshake_deadline: Instant,
         rate: Option<TokenBucket>,
     ) -> Self {
+        let dialled = match &phase {
+            Phase::Dialing { target } => *target,
+            _ => None,
+        };
         Connection {
             direction,
             remote,
+            dialled,
             phase,
             partial: Vec::new(),
             plain_out: Vec::new(),
